@@ -1,0 +1,73 @@
+"""The metrics.json contract between the trusted harness and the orchestrator.
+
+The harness writes it; the runner reads it through ``Metrics.model_validate_json``. Nothing
+else is ever parsed from a training job: stdout is for humans only.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class RunStatus(str, enum.Enum):
+    ok = "ok"
+    crash = "crash"  # an exception in train() or in the harness around it
+    nan = "nan"  # non-finite loss/logits
+    overtime = "overtime"  # train() returned, but well past its budget
+    invalid_model = "invalid_model"  # not a module, wrong logits shape, ...
+    not_causal = "not_causal"  # logits at t depend on tokens at >= t
+    timeout = "timeout"  # the runner killed the job at its hard deadline
+    rejected = "rejected"  # set by the orchestrator (guard), never by the harness
+
+
+class Budget(BaseModel):
+    """A training budget: wall-clock seconds, or tokens served by ``run.get_batch``."""
+
+    kind: Literal["time", "tokens"]
+    amount: float = Field(gt=0)
+
+    def describe(self) -> str:
+        if self.kind == "time":
+            return f"{self.amount:g} s wall-clock"
+        return f"{int(self.amount):,} training tokens"
+
+    def cli_args(self) -> list[str]:
+        if self.kind == "time":
+            return ["--time-budget", f"{self.amount:g}"]
+        return ["--token-budget", str(int(self.amount))]
+
+
+class Metrics(BaseModel):
+    status: RunStatus
+    val_bpb: float | None = None
+    val_loss: float | None = None
+    eval_tokens: int = 0
+    train_tokens: int = 0
+    steps: int = 0
+    train_seconds: float = 0.0
+    total_seconds: float = 0.0
+    params: int = 0
+    peak_memory_mb: float = 0.0
+    device: str = ""
+    torch_version: str = ""
+    seed: int = 0
+    dataset: str = ""
+    dataset_sha256: str = ""
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == RunStatus.ok and self.val_bpb is not None
+
+    @classmethod
+    def read(cls, path: Path) -> Metrics:
+        return cls.model_validate_json(path.read_text(encoding="utf-8"))
+
+    def write(self, path: Path) -> None:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
+        tmp.replace(path)

@@ -1,0 +1,92 @@
+"""The store: legal transitions only, detached reads, schema guard; in memory and on a file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from autoresearch.errors import StoreError
+from autoresearch.store import ExperimentStatus as ES
+from autoresearch.store import IllegalTransition, RunState, Store
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return Store(None if request.param == "memory" else tmp_path / "results.db")
+
+
+def _run(store: Store) -> int:
+    run = store.add_run(agent="mock", budget_kind="tokens", budget_amount=1000, seeds="[0, 1]",
+                        device="cpu", dataset="x", dataset_sha256="ab", experiments_planned=3,
+                        branch="run/1", baseline_commit="c0", champion_commit="c0")
+    assert run.id is not None
+    return run.id
+
+
+def test_experiment_walks_the_legal_path_and_final_states_are_frozen(store: Store) -> None:
+    run_id = _run(store)
+    exp = store.add_experiment(run_id=run_id, title="t")
+    assert exp.id is not None and exp.status == ES.proposed
+    for to in (ES.applied, ES.running, ES.measured, ES.running, ES.measured, ES.kept):
+        exp = store.transition(exp.id, to)  # type: ignore[arg-type]
+    assert exp.status == ES.kept
+    with pytest.raises(IllegalTransition, match="kept -> discarded"):
+        store.transition(exp.id, ES.discarded)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("to", [ES.measured, ES.kept, ES.running])
+def test_skipping_a_step_is_illegal(store: Store, to: ES) -> None:
+    exp = store.add_experiment(run_id=_run(store), title="t")
+    with pytest.raises(IllegalTransition):
+        store.transition(exp.id, to)  # type: ignore[arg-type]
+
+
+def test_reads_are_detached_copies(store: Store) -> None:
+    run_id = _run(store)
+    exp = store.add_experiment(run_id=run_id, title="before")
+    exp.title = "changed locally"
+    assert store.get_experiment(exp.id).title == "before"  # type: ignore[arg-type,union-attr]
+    store.update_experiment(exp.id, title="after")  # type: ignore[arg-type]
+    assert exp.title == "changed locally"
+
+
+def test_interrupted_experiments_do_not_use_up_the_budget(store: Store) -> None:
+    run_id = _run(store)
+    a = store.add_experiment(run_id=run_id, title="a")
+    store.add_experiment(run_id=run_id, title="b")
+    store.add_experiment(run_id=run_id, kind="baseline", title="baseline")
+    store.transition(a.id, ES.interrupted)  # type: ignore[arg-type]
+    assert store.count_candidates(run_id) == 1
+
+
+def test_costs_keep_unknown_apart_from_zero(store: Store) -> None:
+    run_id = _run(store)
+    e = store.add_experiment(run_id=run_id, title="a")
+    store.add_call(run_id=run_id, experiment_id=e.id, provider="openai", cost_usd=0.25)
+    store.add_call(run_id=run_id, experiment_id=e.id, provider="openai", cost_usd=None)
+    assert store.costs([e.id]) == {e.id: (0.25, 1)}  # type: ignore[list-item]
+    assert store.run_cost(run_id) == (0.25, 1, 2)
+
+
+def test_last_unfinished_run(store: Store) -> None:
+    first, second = _run(store), _run(store)
+    store.update_run(second, state=RunState.finished)
+    assert store.last_unfinished_run().id == first  # type: ignore[union-attr]
+
+
+def test_a_database_from_a_newer_version_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match="newer autoresearch"):
+        Store(path)
+
+
+def test_a_file_store_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
