@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 
-class RunStatus(str, enum.Enum):
+class RunStatus(enum.StrEnum):
     ok = "ok"
     crash = "crash"  # an exception in train() or in the harness around it
     nan = "nan"  # non-finite loss/logits

@@ -11,7 +11,7 @@ import enum
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,10 +26,10 @@ SCHEMA_VERSION = 1
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class ExperimentStatus(str, enum.Enum):
+class ExperimentStatus(enum.StrEnum):
     proposed = "proposed"
     applied = "applied"
     running = "running"
@@ -72,7 +72,7 @@ class IllegalTransition(StoreError):
     pass
 
 
-class RunState(str, enum.Enum):
+class RunState(enum.StrEnum):
     running = "running"
     finished = "finished"
     stopped = "stopped"  # Ctrl-C, cost cap, fatal agent error: resumable
@@ -358,7 +358,8 @@ class Store:
             s.flush()
             return _detach(c)
 
-    def calls(self, *, experiment_id: int | None = None, run_id: int | None = None) -> list[AgentCall]:
+    def calls(self, *, experiment_id: int | None = None,
+              run_id: int | None = None) -> list[AgentCall]:
         with self._tx() as s:
             q = select(AgentCall)
             if experiment_id is not None:

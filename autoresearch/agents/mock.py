@@ -71,7 +71,7 @@ BUILTIN: list[_Knob] = [
 
 def _fmt(old: str, value: float) -> str:
     if re.fullmatch(r"-?\d+", old):
-        return str(int(round(value)))
+        return str(round(value))
     return f"{value:.3g}"
 
 

@@ -1,0 +1,227 @@
+"""The workspace on disk and its research git repository.
+
+```
+<workspace>/baseline/       the editable source a new run starts from (train.py)
+<workspace>/prompts/        templates rendered for the agent
+<workspace>/results.db      the store
+<workspace>/experiments/repo/          the research git repo; branch "baseline" holds baseline/
+<workspace>/experiments/<id>/          one experiment: worktree/, proposal.json, diff.patch,
+                                       seed-<n>/run.log, seed-<n>/metrics.json
+```
+
+Each run has a branch ``run/<run id>`` whose head is the run's champion. Each experiment gets a
+worktree on branch ``exp/<id>`` from the champion commit; keeping it fast-forwards the run
+branch to the experiment's commit, discarding it removes the worktree and the branch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import filecmp
+import shutil
+from pathlib import Path
+
+import git
+
+import autoresearch
+from autoresearch.errors import AutoresearchError, UsageError
+
+BASELINE_BRANCH = "baseline"
+_AUTHOR = git.Actor("autoresearch", "autoresearch@localhost")
+
+
+class WorkspaceError(AutoresearchError):
+    pass
+
+
+def bundled(name: str) -> Path:
+    """A folder shipped with the package (wheel) or, in a checkout, the top-level one."""
+    pkg = Path(autoresearch.__file__).resolve().parent
+    for candidate in (pkg / "_bundled" / name, pkg.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise WorkspaceError(f"the package's {name}/ folder is missing; reinstall autoresearch")
+
+
+def init_workspace(path: Path) -> list[str]:
+    """Create (or complete) a workspace at ``path``; never overwrite a file the user changed.
+
+    Returns the relative paths written. A file that exists with different content is left
+    alone and reported as an error, unless it is identical (then it is simply skipped).
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    conflicts: list[str] = []
+    for name in ("baseline", "prompts"):
+        src_dir = bundled(name)
+        for src in sorted(src_dir.rglob("*")):
+            if not src.is_file() or "__pycache__" in src.parts:
+                continue
+            rel = src.relative_to(src_dir.parent)
+            dst = path / rel
+            if dst.exists():
+                if not filecmp.cmp(src, dst, shallow=False):
+                    conflicts.append(str(rel))
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+            written.append(str(rel))
+    (path / "experiments").mkdir(exist_ok=True)
+    gitignore = path / ".gitignore"
+    if not gitignore.exists():
+        gitignore.write_text("results.db\nresults.db-*\nexperiments/\n", encoding="utf-8")
+        written.append(".gitignore")
+    if conflicts:
+        raise UsageError(
+            f"{path} already has changed files, left as they are: {', '.join(conflicts)}"
+        )
+    return written
+
+
+class Workspace:
+    def __init__(self, root: Path, editable: list[str] | None = None) -> None:
+        self.root = root.resolve()
+        self.editable = editable or ["train.py"]
+        if not (self.root / "baseline").is_dir():
+            raise UsageError(
+                f"{self.root} is not a workspace (no baseline/ folder); "
+                f"create one with: autoresearch init {root}"
+            )
+        self.experiments_dir = self.root / "experiments"
+        self.repo_dir = self.experiments_dir / "repo"
+        self._repo: git.Repo | None = None
+
+    # -- the research repository ------------------------------------------------------------
+    @property
+    def repo(self) -> git.Repo:
+        if self._repo is None:
+            self._repo = self._open_or_create_repo()
+        return self._repo
+
+    def _open_or_create_repo(self) -> git.Repo:
+        if (self.repo_dir / ".git").exists():
+            return git.Repo(self.repo_dir)
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        repo = git.Repo.init(self.repo_dir, initial_branch=BASELINE_BRANCH)
+        with repo.config_writer() as cw:
+            cw.set_value("user", "name", "autoresearch")
+            cw.set_value("user", "email", "autoresearch@localhost")
+            cw.set_value("commit", "gpgsign", "false")
+        return repo
+
+    def baseline_files(self) -> dict[str, str]:
+        files = {}
+        for rel in self.editable:
+            p = self.root / "baseline" / rel
+            if not p.is_file():
+                raise UsageError(f"baseline/{rel} is missing from workspace {self.root}")
+            files[rel] = p.read_text(encoding="utf-8")
+        return files
+
+    def commit_baseline(self) -> str:
+        """Commit the workspace's baseline/ to the baseline branch (if it changed); its sha."""
+        repo = self.repo
+        files = self.baseline_files()
+        for rel, text in files.items():
+            dst = self.repo_dir / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(text, encoding="utf-8")
+        repo.index.add(list(files))
+        if repo.head.is_valid() and not repo.index.diff("HEAD"):
+            return repo.head.commit.hexsha
+        c = repo.index.commit("baseline", author=_AUTHOR, committer=_AUTHOR)
+        return c.hexsha
+
+    def read_files(self, commit: str) -> dict[str, str]:
+        c = self.repo.commit(commit)
+        out = {}
+        for rel in self.editable:
+            try:
+                out[rel] = (c.tree / rel).data_stream.read().decode("utf-8")
+            except KeyError:
+                out[rel] = ""
+        return out
+
+    def resolve(self, ref: str) -> str:
+        try:
+            return self.repo.commit(ref).hexsha
+        except (git.BadName, ValueError) as e:
+            raise UsageError(f"unknown git ref {ref!r} in {self.repo_dir}") from e
+
+    # -- branches ---------------------------------------------------------------------------
+    @staticmethod
+    def run_branch(run_id: int) -> str:
+        return f"run/{run_id}"
+
+    def create_branch(self, name: str, commit: str) -> None:
+        self.repo.git.branch("-f", name, commit)
+
+    def advance(self, branch: str, commit: str) -> None:
+        """Fast-forward ``branch`` to ``commit`` (refuses anything that is not a fast-forward)."""
+        head = self.repo.commit(branch).hexsha
+        if not self.repo.is_ancestor(head, commit):
+            raise WorkspaceError(f"{commit[:10]} does not descend from {branch} ({head[:10]})")
+        self.repo.git.update_ref(f"refs/heads/{branch}", commit, head)
+
+    # -- experiments ------------------------------------------------------------------------
+    def exp_dir(self, exp_id: int) -> Path:
+        return self.experiments_dir / str(exp_id)
+
+    def worktree_path(self, exp_id: int) -> Path:
+        return self.exp_dir(exp_id) / "worktree"
+
+    def create_worktree(self, exp_id: int, base: str, branch: str | None) -> Path:
+        """A fresh worktree for an experiment: on ``branch`` from ``base``, or detached."""
+        wt = self.worktree_path(exp_id)
+        if wt.exists():
+            self.remove_worktree(exp_id, branch)
+        wt.parent.mkdir(parents=True, exist_ok=True)
+        self.repo.git.worktree("prune")
+        if branch:
+            self.repo.git.worktree("add", "-f", "-B", branch, str(wt), base)
+        else:
+            self.repo.git.worktree("add", "-f", "--detach", str(wt), base)
+        return wt
+
+    def commit_files(self, wt: Path, files: dict[str, str], message: str) -> tuple[str, str]:
+        """Write ``files`` into worktree ``wt`` and commit; (commit sha, diff vs parent)."""
+        for rel, text in files.items():
+            dst = wt / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(text, encoding="utf-8")
+        wrepo = git.Repo(wt)
+        wrepo.index.add(list(files))
+        wrepo.index.commit(message, author=_AUTHOR, committer=_AUTHOR)
+        sha = wrepo.head.commit.hexsha
+        diff = wrepo.git.diff(f"{sha}~1", sha)
+        return sha, diff + ("\n" if diff else "")
+
+    def pin(self, exp_id: int, commit: str) -> None:
+        """Keep an experiment's commit reachable after its branch is gone (replay, export)."""
+        self.repo.git.update_ref(f"refs/experiments/{exp_id}", commit)
+
+    def remove_worktree(self, exp_id: int, branch: str | None = None,
+                        delete_branch: bool = False) -> None:
+        wt = self.worktree_path(exp_id)
+        if wt.exists():
+            try:
+                self.repo.git.worktree("remove", "--force", str(wt))
+            except git.GitCommandError:
+                shutil.rmtree(wt, ignore_errors=True)
+        self.repo.git.worktree("prune")
+        if branch and delete_branch:
+            with contextlib.suppress(git.GitCommandError):  # already gone
+                self.repo.git.branch("-D", branch)
+
+    def format_patch(self, commit: str) -> str:
+        return str(self.repo.git.format_patch("-1", "--stdout", commit))
+
+    def apply_diff(self, wt: Path, diff: str) -> None:
+        """Apply a stored diff in worktree ``wt`` (3-way, so it also lands on a moved champion)."""
+        patch = wt.parent / "replay.patch"
+        patch.write_text(diff, encoding="utf-8")
+        try:
+            git.Repo(wt).git.apply("--3way", "--whitespace=nowarn", str(patch))
+        except git.GitCommandError as e:
+            msg = (e.stderr or str(e)).strip().splitlines()
+            raise UsageError(f"the diff does not apply: {msg[-1] if msg else e}") from e
