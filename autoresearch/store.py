@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Column, Text, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field, Session, SQLModel, create_engine, func, select
+from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
 
@@ -250,11 +250,11 @@ class Store:
 
     def runs(self) -> list[Run]:
         with self._tx() as s:
-            return [_detach(r) for r in s.exec(select(Run).order_by(Run.id))]  # type: ignore[arg-type]
+            return [_detach(r) for r in s.exec(select(Run).order_by(col(Run.id)))]
 
     def last_unfinished_run(self) -> Run | None:
         with self._tx() as s:
-            q = select(Run).where(Run.state != RunState.finished).order_by(Run.id.desc())  # type: ignore[union-attr]
+            q = select(Run).where(Run.state != RunState.finished).order_by(col(Run.id).desc())
             run = s.exec(q).first()
             return None if run is None else _detach(run)
 
@@ -314,9 +314,8 @@ class Store:
             if run_id is not None:
                 q = q.where(Experiment.run_id == run_id)
             if status:
-                q = q.where(Experiment.status.in_(list(status)))  # type: ignore[attr-defined]
-            order = Experiment.id.desc() if newest_first else Experiment.id  # type: ignore[union-attr]
-            q = q.order_by(order)
+                q = q.where(col(Experiment.status).in_(list(status)))
+            q = q.order_by(col(Experiment.id).desc() if newest_first else col(Experiment.id))
             if limit is not None:
                 q = q.limit(limit)
             return [_detach(e) for e in s.exec(q)]
@@ -344,7 +343,7 @@ class Store:
     def measurements(self, exp_id: int) -> list[Measurement]:
         with self._tx() as s:
             q = select(Measurement).where(Measurement.experiment_id == exp_id)
-            return [_detach(m) for m in s.exec(q.order_by(Measurement.id))]  # type: ignore[arg-type]
+            return [_detach(m) for m in s.exec(q.order_by(col(Measurement.id)))]
 
     def delete_measurements(self, exp_id: int) -> None:
         with self._tx() as s:
@@ -366,28 +365,28 @@ class Store:
                 q = q.where(AgentCall.experiment_id == experiment_id)
             if run_id is not None:
                 q = q.where(AgentCall.run_id == run_id)
-            return [_detach(c) for c in s.exec(q.order_by(AgentCall.id))]  # type: ignore[arg-type]
+            return [_detach(c) for c in s.exec(q.order_by(col(AgentCall.id)))]
 
     def costs(self, experiment_ids: Sequence[int]) -> dict[int, tuple[float, int]]:
         """Per experiment: (known cost in USD, number of calls whose cost is unknown)."""
         if not experiment_ids:
             return {}
         known = func.coalesce(func.sum(AgentCall.cost_usd), 0.0)
-        unknown = func.sum(AgentCall.cost_usd.is_(None))  # type: ignore[union-attr]
+        unknown = func.sum(col(AgentCall.cost_usd).is_(None))
         with self._tx() as s:
-            q = (select(AgentCall.experiment_id, known, unknown)
-                 .where(AgentCall.experiment_id.in_(list(experiment_ids)))  # type: ignore[union-attr]
-                 .group_by(AgentCall.experiment_id))
-            return {int(e): (float(k), int(u or 0)) for e, k, u in s.exec(q)}
+            q = (select(col(AgentCall.experiment_id), known, unknown)
+                 .where(col(AgentCall.experiment_id).in_(list(experiment_ids)))
+                 .group_by(col(AgentCall.experiment_id)))
+            return {int(e or 0): (float(k or 0.0), int(u or 0)) for e, k, u in s.exec(q)}
 
     def run_cost(self, run_id: int) -> tuple[float, int, int]:
         """(known cost in USD, calls with unknown cost, all calls) for a run."""
         known = func.coalesce(func.sum(AgentCall.cost_usd), 0.0)
-        unknown = func.sum(AgentCall.cost_usd.is_(None))  # type: ignore[union-attr]
+        unknown = func.sum(col(AgentCall.cost_usd).is_(None))
         with self._tx() as s:
             q = select(known, unknown, func.count()).where(AgentCall.run_id == run_id)
             k, u, n = s.exec(q).one()
-            return float(k), int(u or 0), int(n)
+            return float(k or 0.0), int(u or 0), int(n)
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -159,7 +159,7 @@ class Workspace:
     def advance(self, branch: str, commit: str) -> None:
         """Fast-forward ``branch`` to ``commit`` (refuses anything that is not a fast-forward)."""
         head = self.repo.commit(branch).hexsha
-        if not self.repo.is_ancestor(head, commit):
+        if not self.repo.is_ancestor(head, commit):  # type: ignore[arg-type]
             raise WorkspaceError(f"{commit[:10]} does not descend from {branch} ({head[:10]})")
         self.repo.git.update_ref(f"refs/heads/{branch}", commit, head)
 

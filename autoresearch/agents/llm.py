@@ -1,0 +1,338 @@
+"""Agents backed by a hosted model: Anthropic (Messages API) and OpenAI (Chat Completions).
+
+Both render the same templates, call the model through its official SDK with a short retry
+ladder of their own (exponential backoff on 429, 5xx, connection errors and timeouts; the SDK's
+own retries are off so that every attempt is recorded), and return the raw text: the loop
+parses it with ``edits.parse_answer`` and comes back with ``context.repair`` when it is unusable.
+
+Keys come only from the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY). A custom base URL
+(an OpenAI-compatible local server, a proxy) may need no key; a placeholder is sent then.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+
+from autoresearch.agents.base import AgentError, AgentFatal, Answer, CallRecord, Context
+from autoresearch.agents.pricing import Price, cost_usd
+from autoresearch.agents.prompts import HISTORY_TOKENS, prompts_dir, render_conversation
+
+DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
+KEY_VARS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+BASE_URL_VARS = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
+PLACEHOLDER_KEY = "not-needed"
+RETRY_STATUSES = frozenset({408, 409, 425, 429})  # and every status >= 500
+
+PriceTable = Mapping[str, Price | tuple[float, float]]
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _error_message(exc: Exception) -> str:
+    """The provider's own error message when the body carries one, else the exception text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return _one_line(inner["message"])
+    return _one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    try:
+        value = headers.get("retry-after")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None  # an HTTP date: ignore, use our own backoff
+
+
+class _Transient(Exception):
+    """An attempt failed in a way a retry may fix."""
+
+
+class LLMAgent:
+    """Shared logic: render prompts, call with retries, record every attempt."""
+
+    name = "llm"
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 180.0,
+        max_retries: int = 4,
+        prompts_dir: Path | None = None,
+        prices: PriceTable | None = None,
+        max_tokens: int = 16_000,  # room for thinking plus a whole-file rewrite
+        temperature: float | None = None,
+        history_tokens: int = HISTORY_TOKENS,
+        backoff: float = 2.0,
+        max_backoff: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.model = model or DEFAULT_MODELS[self.name]
+        self.base_url = base_url or os.environ.get(BASE_URL_VARS[self.name]) or None
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.prompts_dir = prompts_dir
+        self.prices = prices
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.history_tokens = history_tokens
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._client: Any = None
+        self.api_key = self._api_key()
+
+    def _api_key(self) -> str:
+        var = KEY_VARS[self.name]
+        key = os.environ.get(var, "").strip()
+        if key:
+            return key
+        if self.base_url:
+            return PLACEHOLDER_KEY  # a local or proxy server may not check keys
+        raise AgentFatal(f"{var} is not set: export it, or choose another agent")
+
+    # -- provider hooks ----------------------------------------------------------------------
+
+    def _make_client(self) -> Any:
+        raise NotImplementedError
+
+    def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
+        """One request: (text, usage object, model named by the response)."""
+        raise NotImplementedError
+
+    def _usage(self, usage: Any) -> tuple[int | None, int | None]:
+        raise NotImplementedError
+
+    def _transient_types(self) -> tuple[type[Exception], ...]:
+        raise NotImplementedError
+
+    def _status_types(self) -> tuple[type[Exception], ...]:
+        raise NotImplementedError
+
+    def _error_types(self) -> tuple[type[Exception], ...]:
+        raise NotImplementedError
+
+    # -- the call ----------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def propose(self, context: Context) -> Answer:
+        directory = self.prompts_dir
+        if directory is None or not directory.is_dir():
+            directory = prompts_dir()  # a workspace without prompts/ uses the shipped ones
+        system, messages = render_conversation(
+            context,
+            directory=directory,
+            history_tokens=self.history_tokens,
+        )
+        calls: list[CallRecord] = []
+        attempts = self.max_retries + 1
+        for attempt in range(attempts):
+            record = CallRecord(provider=self.name, model=self.model)
+            calls.append(record)
+            started = time.monotonic()
+            try:
+                text, usage, model = self._send(system, messages)
+            except self._error_types() as exc:
+                record.latency_s = time.monotonic() - started
+                reason, delay = self._classify(exc)
+                record.error = reason
+                if delay is None:
+                    raise AgentFatal(f"{self.name} ({self.model}): {reason}", calls) from None
+                if attempt + 1 == attempts:
+                    raise AgentError(
+                        f"{self.name} ({self.model}) failed after {attempts} attempts: {reason}",
+                        calls,
+                    ) from None
+                self._sleep(self._delay(attempt, delay))
+                continue
+            record.latency_s = time.monotonic() - started
+            record.input_tokens, record.output_tokens = self._usage(usage)
+            record.raw = text
+            record.cost_usd = cost_usd(
+                model or self.model, record.input_tokens, record.output_tokens, self.prices
+            )
+            if record.cost_usd is None and model and model != self.model:
+                record.cost_usd = cost_usd(
+                    self.model, record.input_tokens, record.output_tokens, self.prices
+                )
+            return Answer(text=text, calls=calls)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, hint: float) -> float:
+        return min(self.max_backoff, max(self.backoff * 2**attempt, hint))
+
+    def _classify(self, exc: Exception) -> tuple[str, float | None]:
+        """(one-line reason, minimum delay before a retry — None when a retry cannot help)."""
+        if isinstance(exc, self._transient_types()):
+            kind = "timed out" if "timeout" in type(exc).__name__.lower() else "connection error"
+            return f"{kind} ({_error_message(exc)})", 0.0
+        status = (
+            getattr(exc, "status_code", None) if isinstance(exc, self._status_types()) else None
+        )
+        message = _error_message(exc)
+        if status is None:
+            return f"{type(exc).__name__}: {message}", None
+        if status in RETRY_STATUSES or status >= 500:
+            return f"HTTP {status}: {message}", _retry_after(exc) or 0.0
+        if status in (401, 403):
+            var = KEY_VARS[self.name]
+            return f"authentication failed (HTTP {status}: {message}); check {var}", None
+        if status == 404:
+            return (
+                f"model {self.model!r} or endpoint not found (HTTP 404: {message}); "
+                "check the model name and base URL",
+                None,
+            )
+        return f"request rejected (HTTP {status}: {message})", None
+
+
+class AnthropicAgent(LLMAgent):
+    name = "anthropic"
+
+    def _make_client(self) -> Any:
+        return anthropic.Anthropic(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+        )
+
+    def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
+        extra: dict[str, Any] = {}
+        if self.temperature is not None:
+            extra["temperature"] = self.temperature
+        response = self.client.messages.create(
+            model=self.model,
+            max_tokens=self.max_tokens,
+            system=system,
+            messages=messages,
+            **extra,
+        )
+        text = "".join(
+            getattr(block, "text", "")
+            for block in response.content or []
+            if getattr(block, "type", "") == "text"
+        )
+        return text, response.usage, str(response.model or "")
+
+    def _usage(self, usage: Any) -> tuple[int | None, int | None]:
+        if usage is None:
+            return None, None
+        cached = (getattr(usage, "cache_creation_input_tokens", None) or 0) + (
+            getattr(usage, "cache_read_input_tokens", None) or 0
+        )
+        inp = getattr(usage, "input_tokens", None)
+        return (None if inp is None else inp + cached), getattr(usage, "output_tokens", None)
+
+    def _transient_types(self) -> tuple[type[Exception], ...]:
+        return (anthropic.APIConnectionError,)  # includes APITimeoutError
+
+    def _status_types(self) -> tuple[type[Exception], ...]:
+        return (anthropic.APIStatusError,)
+
+    def _error_types(self) -> tuple[type[Exception], ...]:
+        return (anthropic.AnthropicError,)
+
+
+class OpenAIAgent(LLMAgent):
+    """OpenAI, or any server speaking its Chat Completions API (vLLM, Ollama, ...) via base_url."""
+
+    name = "openai"
+
+    def _make_client(self) -> Any:
+        return openai.OpenAI(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+        )
+
+    def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
+        extra: dict[str, Any] = {}
+        if self.temperature is not None:
+            extra["temperature"] = self.temperature
+        response = self.client.chat.completions.create(
+            model=self.model,
+            messages=[{"role": "system", "content": system}, *messages],
+            **extra,
+        )
+        choices = response.choices or []
+        text = (choices[0].message.content or "") if choices else ""
+        return text, response.usage, str(response.model or "")
+
+    def _usage(self, usage: Any) -> tuple[int | None, int | None]:
+        if usage is None:
+            return None, None
+        return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+    def _transient_types(self) -> tuple[type[Exception], ...]:
+        return (openai.APIConnectionError,)  # includes APITimeoutError
+
+    def _status_types(self) -> tuple[type[Exception], ...]:
+        return (openai.APIStatusError,)
+
+    def _error_types(self) -> tuple[type[Exception], ...]:
+        return (openai.OpenAIError,)
+
+
+AGENTS: dict[str, type[LLMAgent]] = {"anthropic": AnthropicAgent, "openai": OpenAIAgent}
+
+
+def make_llm_agent(
+    provider: str,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    prompts_dir: Path | None = None,
+    **options: Any,
+) -> LLMAgent:
+    """An agent for ``provider`` ("anthropic" or "openai"); ``options`` go to its constructor."""
+    try:
+        cls = AGENTS[provider]
+    except KeyError:
+        from autoresearch.errors import UsageError
+
+        raise UsageError(
+            f"unknown model provider {provider!r}; choose one of: {', '.join(AGENTS)}"
+        ) from None
+    return cls(model, base_url=base_url, prompts_dir=prompts_dir, **options)
+
+
+def choose_auto(
+    environ: Mapping[str, str] | None = None, *, offline: str = "mock"
+) -> tuple[str, str]:
+    """Which agent "auto" means here: (agent name, one-line notice for the user)."""
+    env = os.environ if environ is None else environ
+    if env.get("ANTHROPIC_API_KEY", "").strip():
+        return (
+            "anthropic",
+            f"agent: anthropic ({DEFAULT_MODELS['anthropic']}), ANTHROPIC_API_KEY is set",
+        )
+    if env.get("OPENAI_API_KEY", "").strip():
+        return "openai", f"agent: openai ({DEFAULT_MODELS['openai']}), OPENAI_API_KEY is set"
+    return offline, (
+        f"agent: {offline} (offline): neither ANTHROPIC_API_KEY nor OPENAI_API_KEY is set"
+    )
