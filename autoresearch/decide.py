@@ -1,0 +1,421 @@
+"""Keep, discard or confirm: the noise-aware decision rule.
+
+One experiment is measured on the same seeds as the champion (paired seeds), in two stages:
+
+1. **Screen** (the candidate has fewer seeds than planned, normally just ``seeds[0]``): the
+   candidate is *promising* when its mean paired difference beats the champion by more than
+   ``min_delta`` (plus ``screen_z`` standard errors, 0 by default). Promising -> ``confirm``
+   (the loop measures the remaining seeds and calls again); otherwise ``discard``, which saves
+   the compute of the remaining seeds.
+2. **Final** (all K planned seeds): with paired differences ``d_s = cand[s] - champ[s]``,
+
+       sd        = max(stdev(d), sqrt(2) * noise_std)     # the floor alone when K == 1
+       se        = sd / sqrt(K)
+       df        = (K - 1) + noise_df                     # noise_df: baseline seeds - 1
+       threshold = min_delta + t_{1-alpha, df} * se       # z_{1-alpha} when df == 0
+       keep  iff  mean(d) < -threshold
+
+   ``sqrt(2) * noise_std`` is the standard deviation of a paired difference when both values
+   are independent draws with the baseline's seed noise (the worst case: time budgets, or a
+   change that alters the RNG stream). The floor keeps a lucky, tiny sample stdev of three
+   differences from shrinking the threshold; the sample stdev keeps a candidate that makes
+   runs noisier from hiding behind the baseline's noise. Degrees of freedom pool the two
+   estimates (each has K - 1); the Monte-Carlo check (docs/integrity.md, tests) puts the
+   false-keep rate of a no-op candidate at about 4% for K = 3 and alpha = 0.05.
+
+The two stages cannot raise the false-keep rate: a keep needs the final test on *all* K seeds
+(seed 0 included) to pass, so P(keep) <= P(final test passes) <= alpha whatever the screen
+does; the screen only costs power (a real 3-sigma gain fails it about 2% of the time).
+
+When ``noise_std`` is unknown (one baseline seed, 0, NaN or None) the rule falls back to a
+conservative guess of ``FALLBACK_REL_NOISE`` (1%) of the champion's mean value — about twice
+the seed noise measured on CPU (0.53%), since time budgets add throughput noise — treated as
+having no degrees of freedom, and says so in the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+RULE_NAME = "paired-t-floor/v1"
+DEFAULT_ALPHA = 0.05  # target false-keep rate for a candidate that changes nothing
+FALLBACK_REL_NOISE = 0.01  # noise guess when unmeasured: 1% of the value (~2x the CPU data)
+
+
+class Decision(BaseModel):
+    verdict: Literal["keep", "discard", "confirm"]
+    reason: str
+    threshold: float = 0.0  # improvement needed: keep iff -delta > threshold (keep/discard)
+    delta: float | None = None  # mean paired (candidate - champion); negative is better
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class Reproduction(BaseModel):
+    """Whether a replay reproduces an original result (``replay --seeds K``)."""
+
+    reproduces: bool
+    reason: str
+    threshold: float = 0.0  # largest |delta| that still counts as the same result
+    delta: float | None = None  # mean (replay - original); paired when the seeds are shared
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantiles: Student t for integer degrees of freedom, exact closed form (no scipy needed).
+
+
+def _t_cdf(t: float, df: int) -> float:
+    """P(T <= t) for Student's t with integer ``df`` >= 1 (Abramowitz & Stegun 26.7.3-4)."""
+    theta = math.atan(abs(t) / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    if df % 2 == 1:
+        series = 0.0
+        if df > 1:
+            term = series = math.cos(theta)
+            for k in range(3, df - 1, 2):
+                term *= cos2 * (k - 1) / k
+                series += term
+        inside = (2.0 / math.pi) * (theta + math.sin(theta) * series)
+    else:
+        term = series = 1.0
+        for k in range(2, df - 1, 2):
+            term *= cos2 * (k - 1) / k
+            series += term
+        inside = math.sin(theta) * series
+    upper = 0.5 + 0.5 * inside
+    return upper if t >= 0 else 1.0 - upper
+
+
+def t_quantile(p: float, df: int | None) -> float:
+    """The p-quantile of Student's t with ``df`` degrees of freedom; normal when df is None,
+    0 or large."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if df is None or df <= 0 or df > 2000:
+        return statistics.NormalDist().inv_cdf(p)
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while _t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+# ----------------------------------------------------------------------------------------------
+# The rule.
+
+
+def estimate_noise(values: Mapping[int, float] | Sequence[float]) -> float:
+    """Seed noise of one configuration: the sample stdev (ddof 1) of its values; 0.0 when
+    fewer than two values are known (``decide`` then falls back to its default)."""
+    vals = list(values.values()) if isinstance(values, Mapping) else list(values)
+    return statistics.stdev(vals) if len(vals) >= 2 else 0.0
+
+
+@dataclass(frozen=True)
+class _Noise:
+    std: float
+    df: int
+    source: Literal["measured", "fallback"]
+
+
+def _noise(noise_std: float | None, noise_df: int | None, ref: float, planned: int) -> _Noise:
+    if noise_std is not None and math.isfinite(noise_std) and noise_std > 0:
+        df = planned - 1 if noise_df is None else noise_df
+        return _Noise(float(noise_std), max(int(df), 0), "measured")
+    guess = FALLBACK_REL_NOISE * abs(ref) if math.isfinite(ref) else 0.0
+    return _Noise(guess if guess > 0 else FALLBACK_REL_NOISE, 0, "fallback")
+
+
+def _noise_note(noise: _Noise) -> str:
+    if noise.source == "measured":
+        return f"noise σ={noise.std:.4g} measured"
+    return (
+        f"noise unknown, assumed σ={noise.std:.4g} "
+        f"({FALLBACK_REL_NOISE:.1%} of the champion; measure the baseline on ≥2 seeds)"
+    )
+
+
+def _check_args(
+    champion: Mapping[int, float], seeds: Sequence[int], min_delta: float, alpha: float
+) -> None:
+    if not seeds:
+        raise ValueError("seeds is empty: at least one seed is needed")
+    missing = [s for s in seeds if s not in champion]
+    if missing:
+        raise ValueError(f"champion has no measurement for seed(s) {missing}")
+    if not 0.0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 0.5), got {alpha}")
+    if not (math.isfinite(min_delta) and min_delta >= 0):
+        raise ValueError(f"min_delta must be a finite number >= 0, got {min_delta}")
+
+
+def decide(
+    candidate: dict[int, float],
+    champion: dict[int, float],
+    *,
+    noise_std: float | None,
+    min_delta: float,
+    seeds: list[int],
+    alpha: float = DEFAULT_ALPHA,
+    noise_df: int | None = None,
+    screen_z: float = 0.0,
+) -> Decision:
+    """Compare a candidate with the champion on the seeds both have (module docstring).
+
+    ``candidate`` maps seed -> val_bpb for the seeds measured so far (a subset of ``seeds``);
+    ``champion`` has every seed in ``seeds``. ``noise_std`` is the baseline's seed noise
+    (sample stdev over its seeds; ``noise_df`` its degrees of freedom, default
+    ``len(seeds) - 1``). "confirm" asks the loop to measure the remaining seeds and call again.
+    """
+    _check_args(champion, seeds, min_delta, alpha)
+    paired = [s for s in seeds if s in candidate]
+    if not paired:
+        raise ValueError(f"candidate has no measurement on the planned seeds {list(seeds)}")
+    cand = [float(candidate[s]) for s in paired]
+    champ = [float(champion[s]) for s in paired]
+    deltas = [c - h for c, h in zip(cand, champ, strict=True)]
+    n, k = len(paired), len(seeds)
+    noise = _noise(noise_std, noise_df, statistics.fmean(float(champion[s]) for s in seeds), k)
+    evidence: dict[str, Any] = {
+        "rule": RULE_NAME,
+        "stage": "final" if n == k else "screen",
+        "seeds": paired,
+        "seeds_planned": list(seeds),
+        "candidate": cand,
+        "champion": champ,
+        "deltas": deltas,
+        "alpha": alpha,
+        "min_delta": min_delta,
+        "noise_std": noise.std,
+        "noise_df": noise.df,
+        "noise_source": noise.source,
+    }
+    if not all(math.isfinite(v) for v in cand):
+        return Decision(
+            verdict="discard",
+            reason=f"discarded: non-finite val_bpb on seed(s) "
+            f"{[s for s, v in zip(paired, cand, strict=True) if not math.isfinite(v)]}",
+            threshold=math.inf,
+            delta=None,
+            evidence=evidence | {"mean": None, "std": None, "threshold": None},
+        )
+
+    mean = statistics.fmean(deltas)
+    std = statistics.stdev(deltas) if n >= 2 else None
+    floor = math.sqrt(2.0) * noise.std
+    sd = max(std, floor) if std is not None else floor
+    se = sd / math.sqrt(n)
+    evidence |= {"mean": mean, "std": std, "floor_std": floor, "se": se}
+
+    if n < k:  # screen: is it worth measuring the remaining seeds?
+        bar = min_delta + screen_z * se
+        evidence |= {"threshold": bar, "screen_z": screen_z}
+        where = f"seed{'s' if n > 1 else ''} {', '.join(map(str, paired))}"
+        if mean < -bar:
+            return Decision(
+                verdict="confirm",
+                reason=f"promising: Δ {mean:+.4f} on {where} (improvement needed > {bar:.4f});"
+                f" confirming on {k - n} more seed{'s' if k - n > 1 else ''}",
+                threshold=bar,
+                delta=mean,
+                evidence=evidence,
+            )
+        return Decision(
+            verdict="discard",
+            reason=f"discarded at the screen: Δ {mean:+.4f} on {where} "
+            f"(improvement needed > {bar:.4f})",
+            threshold=bar,
+            delta=mean,
+            evidence=evidence,
+        )
+
+    df = (n - 1) + noise.df
+    q = t_quantile(1.0 - alpha, df if df > 0 else None)
+    threshold = min_delta + q * se
+    evidence |= {"df": df, "quantile": q, "threshold": threshold}
+    stats = (
+        f"mean paired Δ {mean:+.4f} over {n} seed{'s' if n > 1 else ''}, needs < "
+        f"-{threshold:.4f} (t{df}·se {q * se:.4f} + min_delta {min_delta:.4f}, "
+        f"α={alpha:g}; {_noise_note(noise)})"
+    )
+    if mean < -threshold:
+        return Decision(
+            verdict="keep", reason=f"kept: {stats}", threshold=threshold, delta=mean,
+            evidence=evidence,
+        )
+    return Decision(
+        verdict="discard", reason=f"discarded: {stats}", threshold=threshold, delta=mean,
+        evidence=evidence,
+    )
+
+
+def naive_decide(
+    candidate: dict[int, float],
+    champion: dict[int, float],
+    *,
+    noise_std: float | None = None,
+    min_delta: float = 0.0,
+    seeds: list[int],
+) -> Decision:
+    """The rule a careless loop uses, for benchmarks only: keep whenever the candidate is lower
+    than the champion on the first seed, by any amount. Ignores noise (and ``min_delta``)."""
+    del noise_std, min_delta
+    seed = next((s for s in seeds if s in candidate and s in champion), None)
+    if seed is None:
+        raise ValueError("no seed measured for both candidate and champion")
+    delta = float(candidate[seed]) - float(champion[seed])
+    evidence = {"rule": "naive/v1", "seeds": [seed], "candidate": [candidate[seed]],
+                "champion": [champion[seed]], "deltas": [delta], "mean": delta,
+                "threshold": 0.0}
+    verdict: Literal["keep", "discard"] = "keep" if delta < 0 else "discard"
+    return Decision(verdict=verdict, reason=f"naive: Δ {delta:+.4f} on seed {seed}",
+                    threshold=0.0, delta=delta, evidence=evidence)
+
+
+def reproduces(
+    original: dict[int, float],
+    replay: dict[int, float],
+    *,
+    noise_std: float | None,
+    alpha: float = DEFAULT_ALPHA,
+    noise_df: int | None = None,
+) -> Reproduction:
+    """Does ``replay`` (seed -> val_bpb) reproduce ``original``? Two-sided test of "same mean".
+
+    Shared seeds are compared paired: sd = max(stdev(d), sqrt(2)·noise_std), se = sd/sqrt(n),
+    df = (n - 1) + noise_df. Without shared seeds the means are compared unpaired with
+    sd = max(pooled stdev, noise_std), se = sd·sqrt(1/n1 + 1/n2), df = n1 + n2 - 2 + noise_df.
+    It reproduces iff |mean difference| <= t_{1-alpha/2, df} · se.
+    """
+    if not original or not replay:
+        raise ValueError("reproduces() needs at least one value on each side")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    orig = {int(s): float(v) for s, v in original.items()}
+    rep = {int(s): float(v) for s, v in replay.items()}
+    shared = sorted(set(orig) & set(rep))
+    noise = _noise(noise_std, noise_df, statistics.fmean(orig.values()), len(orig))
+    evidence: dict[str, Any] = {
+        "rule": RULE_NAME + ":reproduce",
+        "original": orig,
+        "replay": rep,
+        "alpha": alpha,
+        "noise_std": noise.std,
+        "noise_df": noise.df,
+        "noise_source": noise.source,
+    }
+    if not all(math.isfinite(v) for v in rep.values()):
+        return Reproduction(reproduces=False,
+                            reason="differs: the replay has non-finite values",
+                            threshold=0.0, delta=None, evidence=evidence)
+    if shared:
+        deltas = [rep[s] - orig[s] for s in shared]
+        n = len(deltas)
+        delta = statistics.fmean(deltas)
+        std = statistics.stdev(deltas) if n >= 2 else None
+        floor = math.sqrt(2.0) * noise.std
+        se = (max(std, floor) if std is not None else floor) / math.sqrt(n)
+        df = (n - 1) + noise.df
+        how = f"paired on seed{'s' if n > 1 else ''} {', '.join(map(str, shared))}"
+        evidence |= {"paired": True, "seeds": shared, "deltas": deltas, "std": std}
+    else:
+        a, b = list(orig.values()), list(rep.values())
+        delta = statistics.fmean(b) - statistics.fmean(a)
+        dof = len(a) + len(b) - 2
+        pooled = (
+            math.sqrt(
+                (sum((x - statistics.fmean(a)) ** 2 for x in a)
+                 + sum((x - statistics.fmean(b)) ** 2 for x in b)) / dof
+            )
+            if dof > 0
+            else None
+        )
+        sd = max(pooled, noise.std) if pooled is not None else noise.std
+        se = sd * math.sqrt(1.0 / len(a) + 1.0 / len(b))
+        df = dof + noise.df
+        how = "unpaired (no shared seeds)"
+        evidence |= {"paired": False, "std": pooled}
+    q = t_quantile(1.0 - alpha / 2.0, df if df > 0 else None)
+    tol = q * se
+    evidence |= {"mean": delta, "se": se, "df": df, "quantile": q, "threshold": tol}
+    ok = abs(delta) <= tol
+    reason = (
+        f"{'reproduces' if ok else 'differs'}: mean Δ {delta:+.4f} {how}, "
+        f"{'within' if ok else 'outside'} ±{tol:.4f} (two-sided α={alpha:g}; "
+        f"{_noise_note(noise)})"
+    )
+    return Reproduction(reproduces=ok, reason=reason,
+                        threshold=tol, delta=delta,
+                        evidence=evidence)
+
+
+# ----------------------------------------------------------------------------------------------
+# Monte Carlo: how often a rule keeps, under the documented noise model.
+
+
+Decider = Callable[..., Decision]
+
+
+@dataclass(frozen=True)
+class Simulation:
+    keep_rate: float  # fraction of candidates kept
+    confirm_rate: float  # fraction that passed the screen
+    runs_per_candidate: float  # mean candidate measurements spent
+
+
+def simulate(
+    decider: Decider = decide,
+    *,
+    shift: float,
+    sigma: float = 0.017,
+    level: float = 3.2,
+    seeds: Sequence[int] = (0, 1, 2),
+    baseline_seeds: int | None = None,
+    min_delta: float = 0.0,
+    trials: int = 2000,
+    rng: np.random.Generator | int = 0,
+) -> Simulation:
+    """Run ``trials`` experiments through the loop's two-stage flow under the worst-case noise
+    model: every measurement is ``level + N(0, sigma²)`` independently (no pairing benefit);
+    the candidate's true mean is ``level + shift``. The noise is estimated from
+    ``baseline_seeds`` (default: the planned seeds) baseline measurements, whose first
+    ``len(seeds)`` values are also the champion's, as in a fresh run."""
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    plan = [int(s) for s in seeds]
+    k = len(plan)
+    kb = max(baseline_seeds or k, k)
+    kept = confirmed = runs = 0
+    for _ in range(trials):
+        base = level + sigma * gen.standard_normal(kb)
+        champion = {s: float(v) for s, v in zip(plan, base[:k], strict=True)}
+        noise = float(np.std(base, ddof=1)) if kb >= 2 else 0.0
+        values = level + shift + sigma * gen.standard_normal(k)
+        cand = {plan[0]: float(values[0])}
+        kwargs: dict[str, Any] = {"noise_std": noise, "min_delta": min_delta, "seeds": plan}
+        if decider is decide:
+            kwargs["noise_df"] = kb - 1
+        d = decider(cand, champion, **kwargs)
+        runs += 1
+        if d.verdict == "confirm":
+            confirmed += 1
+            cand = {s: float(v) for s, v in zip(plan, values, strict=True)}
+            runs += k - 1
+            d = decider(cand, champion, **kwargs)
+        kept += d.verdict == "keep"
+    return Simulation(kept / trials, confirmed / trials, runs / trials)
