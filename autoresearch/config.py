@@ -40,7 +40,10 @@ class Settings(BaseModel):
     timeout: float | None = Field(default=None, gt=0)
     keep_worktrees: bool = False
     editable: list[str] = Field(default_factory=lambda: ["train.py"])
-    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/M tokens in, out
+    agent_timeout: float = Field(default=180.0, gt=0)  # seconds for one model call
+    agent_retries: int = Field(default=4, ge=0, le=20)  # on 429, 5xx, timeouts, lost connections
+    agent_backoff: float = Field(default=2.0, ge=0)  # first retry delay, doubling
     tag: str | None = None
 
     @model_validator(mode="after")

@@ -10,7 +10,7 @@ import enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class RunStatus(enum.StrEnum):
@@ -58,6 +58,19 @@ class Metrics(BaseModel):
     dataset: str = ""
     dataset_sha256: str = ""
     error: str | None = None
+    causal_ok: bool | None = None  # the causality probe passed (None: not evaluated)
+    setup_seconds: float = 0.0  # from train() starting to its first batch
+    export_seconds: float = 0.0  # torch.export of the trained model, in the training process
+    eval_seconds: float = 0.0  # the trusted evaluation process, start to end
+    seq_len: int = 0  # evaluation context length
+
+    @model_validator(mode="after")
+    def _no_metric_unless_ok(self) -> Metrics:
+        # a failed measurement never carries a number that could be mistaken for a result
+        if self.status != RunStatus.ok:
+            self.val_bpb = None
+            self.val_loss = None
+        return self
 
     @property
     def ok(self) -> bool:
@@ -71,3 +84,32 @@ class Metrics(BaseModel):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
         tmp.replace(path)
+
+
+class TrainReport(BaseModel):
+    """What the training process says about itself (scratch/report.json). Untrusted: it only
+    ever fills the bookkeeping fields of Metrics, or explains a failure; never a metric."""
+
+    status: RunStatus = RunStatus.crash
+    error: str | None = None
+    steps: int = 0
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    setup_seconds: float = 0.0
+    export_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+class EvalReport(BaseModel):
+    """What the trusted evaluation process measured from the exported model."""
+
+    status: RunStatus = RunStatus.crash
+    error: str | None = None
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    eval_tokens: int = 0
+    seq_len: int = 0
+    params: int = 0
+    causal_ok: bool | None = None
+    eval_seconds: float = 0.0
+    torch_version: str = ""

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Column, Text, event
+from sqlalchemy import Column, Text, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
@@ -190,7 +190,7 @@ class Store:
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(self.engine, "connect", _on_connect)
         try:
-            SQLModel.metadata.create_all(self.engine)
+            self._create_tables()
             self._check_schema()
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open results database {path}: {e.__class__.__name__}: "
@@ -209,16 +209,28 @@ class Store:
         finally:
             session.close()
 
+    def _create_tables(self) -> None:
+        # two processes opening a new file at once (a loop and a reader) race on CREATE TABLE;
+        # the loser finds the tables made and simply goes on
+        for attempt in range(3):
+            try:
+                SQLModel.metadata.create_all(self.engine)
+                return
+            except OperationalError as e:
+                if "already exists" not in str(e) or attempt == 2:
+                    raise
+
     def _check_schema(self) -> None:
-        with self._tx() as s:
-            row = s.get(Meta, "schema_version")
-            if row is None:
-                s.add(Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) > SCHEMA_VERSION:
-                raise StoreError(
-                    f"{self.path} was written by a newer autoresearch (schema {row.value}, "
-                    f"this one reads up to {SCHEMA_VERSION}); upgrade autoresearch to read it"
-                )
+        with self.engine.begin() as conn:
+            conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', "
+                              ":v)"), {"v": str(SCHEMA_VERSION)})
+            found = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'"))
+            version = int(found.scalar_one())
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer autoresearch (schema {version}, "
+                f"this one reads up to {SCHEMA_VERSION}); upgrade autoresearch to read it"
+            )
 
     def close(self) -> None:
         self.engine.dispose()

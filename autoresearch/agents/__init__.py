@@ -67,5 +67,7 @@ def make_agent(
         if isinstance(run, Run) and run.model and not model:
             model = run.model
         return make_llm_agent(name, model=model, base_url=settings.base_url,
-                              prompts_dir=prompts_dir, prices=settings.prices)
+                              prompts_dir=prompts_dir, prices=settings.prices,
+                              timeout=settings.agent_timeout, max_retries=settings.agent_retries,
+                              backoff=settings.agent_backoff)
     raise UsageError(f"unknown agent {name!r}; one of: auto, mock, anthropic, openai")

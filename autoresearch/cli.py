@@ -1,0 +1,375 @@
+"""The command line. Thin commands; the only place errors become exit codes.
+
+Exit codes: 0 ok, 1 failed, 2 bad usage (unknown id, missing workspace, bad flags).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from autoresearch import data as data_mod
+from autoresearch import report, runner
+from autoresearch.agents import AgentError, make_agent
+from autoresearch.agents.mock import MockAgent
+from autoresearch.config import Settings, load_settings
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.loop import LoopStopped, ResearchLoop
+from autoresearch.progress import make_reporter
+from autoresearch.store import Experiment, ExperimentStatus, Store
+from autoresearch.workspace import Workspace, init_workspace
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Automated ML research on a nanoGPT training script, with a trusted harness.",
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _State:
+    workspace: Path | None = None
+    db: Path | None = None
+
+
+state = _State()
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except UsageError as e:
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(2) from None
+    except (AutoresearchError, AgentError) as e:  # AgentFatal: bad key, unknown model
+        err.print(f"error: {e}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def _settings(**cli: Any) -> Settings:
+    return load_settings({"workspace": state.workspace, "db": state.db, **cli})
+
+
+def _store(settings: Settings, must_exist: bool = True) -> Store:
+    path = settings.db_path
+    if must_exist and not path.is_file():
+        raise UsageError(f"no results database at {path}; run `autoresearch loop` first "
+                         "(or pass --workspace/--db)")
+    return Store(path)
+
+
+@app.callback()
+def _global(
+    workspace: Annotated[Path | None, typer.Option(
+        "--workspace", "-w", envvar="AUTORESEARCH_WORKSPACE",
+        help="Workspace folder (default: the current directory).")] = None,
+    db: Annotated[Path | None, typer.Option(
+        help="Results database (default: <workspace>/results.db).")] = None,
+) -> None:
+    state.workspace = workspace
+    state.db = db
+
+
+TimeBudget = Annotated[float | None, typer.Option(
+    "--time-budget", help="Training budget in wall-clock seconds (default 60 CPU, 300 CUDA).")]
+TokenBudget = Annotated[int | None, typer.Option(
+    "--token-budget", help="Training budget in tokens (reproducible; exclusive with time).")]
+Device = Annotated[str | None, typer.Option(help="cpu, cuda, mps or auto.")]
+Dataset = Annotated[str | None, typer.Option(
+    help="shakespeare (downloaded), offline (built in), or a .txt file/folder.")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _check_budgets(time_budget: float | None, token_budget: int | None) -> None:
+    if time_budget is not None and token_budget is not None:
+        raise UsageError("give either --time-budget or --token-budget, not both")
+
+
+# -- init / prepare / train ---------------------------------------------------------------------
+@app.command()
+def init(path: Annotated[Path | None, typer.Argument(help="Folder to create.")] = None) -> None:
+    """Create a workspace: baseline/train.py and prompts/, ready for `loop`."""
+    with _errors():
+        target = path or state.workspace or Path(".")
+        written = init_workspace(target)
+        out.print(f"workspace ready at {target.resolve()} ({len(written)} files written)")
+
+
+@app.command()
+def prepare(dataset: Dataset = None) -> None:
+    """Download/build a dataset and split it into train and validation."""
+    with _errors():
+        s = _settings(dataset=dataset)
+        d = data_mod.prepare(s.dataset, notice=lambda m: err.print(m, markup=False))
+        out.print(f"{d.name}: {d.train_tokens:,} train / {d.val_tokens:,} val tokens, "
+                  f"sha256 {d.sha256[:16]}…, at {d.path}")
+
+
+@app.command()
+def train(
+    source: Annotated[Path | None, typer.Option(
+        help="Folder with train.py (default: the workspace's baseline/).")] = None,
+    time_budget: TimeBudget = None,
+    token_budget: TokenBudget = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    device: Device = None,
+    dataset: Dataset = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Measure one training source once: train under the budget, evaluate, print metrics."""
+    with _errors():
+        _check_budgets(time_budget, token_budget)
+        s = _settings(time_budget=time_budget, token_budget=token_budget, device=device,
+                      dataset=dataset)
+        src = source or (s.workspace / "baseline")
+        if not (src / "train.py").is_file():
+            raise UsageError(f"{src} has no train.py")
+        dev = runner.resolve_device(s.device)
+        d = data_mod.prepare(s.dataset, notice=lambda m: err.print(m, markup=False))
+        budget = s.budget(dev)
+        out_dir = s.workspace / "experiments" / "train" / f"seed-{seed}"
+        if not as_json:
+            err.print(f"training {src} on {dev} for {budget.describe()} ({d.name}); "
+                      f"log: {out_dir / 'run.log'}", markup=False)
+        m = runner.measure(source=src.resolve(), data=d.path, budget=budget, seed=seed,
+                           device=dev, out_dir=out_dir, setup_cap=s.setup_cap,
+                           timeout=s.timeout, gpu=s.gpu)
+        if as_json:
+            out.print_json(m.model_dump_json())
+        else:
+            out.print(report.metrics_text(m), markup=False)
+        if not m.ok:
+            raise typer.Exit(1)
+
+
+# -- loop -----------------------------------------------------------------------------------------
+@app.command()
+def loop(
+    budget: Annotated[int | None, typer.Option(
+        "--budget", "-n", help="Experiments to run (failures count; repairs do not).")] = None,
+    agent: Annotated[str | None, typer.Option(
+        help="auto, mock, anthropic or openai (auto: by which API key is set).")] = None,
+    script: Annotated[Path | None, typer.Option(
+        help="Mock agent: JSON list or JSONL of proposals to replay.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name for anthropic/openai.")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="OpenAI-compatible server URL (vLLM, Ollama, llama.cpp, a proxy).")] = None,
+    time_budget: TimeBudget = None,
+    token_budget: TokenBudget = None,
+    seed: Annotated[int | None, typer.Option(help="First seed.")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Seeds per measurement of the baseline and of promising candidates.")] = None,
+    device: Device = None,
+    gpu: Annotated[str | None, typer.Option(help="CUDA_VISIBLE_DEVICES for training jobs.")] = None,
+    dataset: Dataset = None,
+    tag: Annotated[str | None, typer.Option(help="A name for this run.")] = None,
+    min_delta: Annotated[float | None, typer.Option(
+        help="Smallest improvement in val_bpb worth keeping.")] = None,
+    repairs: Annotated[int | None, typer.Option(
+        help="Repair round trips for an unusable answer.")] = None,
+    max_cost: Annotated[float | None, typer.Option(
+        help="Stop cleanly before agent calls would cost more than this (USD).")] = None,
+    keep_worktrees: Annotated[bool | None, typer.Option(
+        "--keep-worktrees", help="Keep finished experiments' worktrees.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the last unfinished run.")] = False,
+) -> None:
+    """Run the research loop: propose, apply, train, measure, keep or revert."""
+    with _errors():
+        _check_budgets(time_budget, token_budget)
+        if budget is not None and budget < 1:
+            raise UsageError("--budget must be at least 1")
+        if script is not None and agent not in (None, "mock"):
+            raise UsageError("--script is for the mock agent (--agent mock)")
+        s = _settings(agent="mock" if script and agent is None else agent, script=script,
+                      model=model, base_url=base_url, time_budget=time_budget,
+                      token_budget=token_budget, seed=seed, seeds=seeds, device=device,
+                      gpu=gpu, dataset=dataset, tag=tag, min_delta=min_delta, repairs=repairs,
+                      max_cost=max_cost, keep_worktrees=keep_worktrees)
+        ws = Workspace(s.workspace, s.editable)
+        store = Store(s.db_path)
+        reporter = make_reporter(out, err)
+        try:
+            if resume:
+                run = store.last_unfinished_run()
+                if run is None:
+                    raise UsageError("there is no unfinished run to resume")
+                # the run goes on with the settings it started with
+                s = Settings.model_validate_json(run.config).model_copy(
+                    update={"workspace": s.workspace, "db": s.db})
+                ag = make_agent(run.agent, settings=s, store=store, run=run,
+                                notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                lp = ResearchLoop(s, store, ws, ag, reporter)
+                lp.resume(run, budget)
+            else:
+                ag = make_agent(s.agent, settings=s, store=store, run=None,
+                                notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                lp = ResearchLoop(s, store, ws, ag, reporter)
+                lp.start(budget if budget is not None else 20)
+            try:
+                done = lp.execute()
+            except KeyboardInterrupt:
+                reporter.close()
+                err.print("interrupted: what was in flight is recorded; "
+                          "continue with `autoresearch loop --resume`", markup=False)
+                raise typer.Exit(130) from None
+            except LoopStopped as e:
+                reporter.close()
+                err.print(f"stopped: {e}", markup=False)
+                raise typer.Exit(1) from None
+            reporter.close()
+            out.print(report.run_summary(store, done), markup=False)
+        finally:
+            reporter.close()
+            store.close()
+
+
+# -- inspect ------------------------------------------------------------------------------------
+@app.command()
+def history(
+    run: Annotated[int | None, typer.Option("--run", help="Only this run.")] = None,
+    status: Annotated[list[str] | None, typer.Option(
+        help="Only these statuses (repeatable).")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many, newest.")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """List experiments: id, title, status, val_bpb, Δ vs champion, seconds, cost."""
+    with _errors():
+        statuses = [_status(x) for x in status or []]
+        if limit is not None and limit < 1:
+            raise UsageError("--limit must be at least 1")
+        store = _store(_settings())
+        if run is not None and store.get_run(run) is None:
+            raise UsageError(f"no run {run}")
+        rows = store.experiments(run_id=run, status=statuses, limit=limit, newest_first=True)
+        rows.reverse()
+        if as_json:
+            out.print_json(json.dumps([report.experiment_dict(store, e) for e in rows]))
+            return
+        out.print(report.history_table(store, rows))
+
+
+@app.command()
+def runs(as_json: JsonOut = False) -> None:
+    """List runs with their champion, experiment counts and cost."""
+    with _errors():
+        store = _store(_settings())
+        rows = store.runs()
+        if as_json:
+            out.print_json(json.dumps([report.run_dict(store, r) for r in rows]))
+            return
+        out.print(report.runs_table(store, rows))
+
+
+@app.command()
+def show(
+    exp_id: Annotated[int, typer.Argument(metavar="ID", help="Experiment id.")],
+    diff: Annotated[bool, typer.Option("--diff", help="Print the diff.")] = False,
+    log: Annotated[bool, typer.Option("--log", help="Print the training logs.")] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """One experiment: proposal, measurements, decision and its evidence, cost."""
+    with _errors():
+        s = _settings()
+        store = _store(s)
+        exp = _experiment(store, exp_id)
+        if as_json:
+            d = report.experiment_dict(store, exp, full=True)
+            if log:
+                d["logs"] = report.logs(s.workspace, exp)
+            out.print_json(json.dumps(d))
+            return
+        out.print(report.experiment_text(store, exp), markup=False)
+        if diff:
+            out.print(exp.diff or "(no diff)", markup=False)
+        if log:
+            for name, text in report.logs(s.workspace, exp).items():
+                out.print(f"── {name} ──", markup=False)
+                out.print(text, markup=False)
+
+
+@app.command()
+def replay(
+    exp_id: Annotated[int, typer.Argument(metavar="ID", help="Experiment whose diff to replay.")],
+    onto: Annotated[str, typer.Option(
+        help="baseline, champion, or any git ref of the research repo.")] = "champion",
+    seeds: Annotated[int | None, typer.Option(
+        help="Seeds to measure (default: the run's).")] = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Apply a stored diff in a new worktree, measure it, compare with the original."""
+    with _errors():
+        if seeds is not None and seeds < 1:
+            raise UsageError("--seeds must be at least 1")
+        s = _settings()
+        store = _store(s)
+        ws = Workspace(s.workspace, s.editable)
+        exp = _experiment(store, exp_id)
+        reporter = make_reporter(out, err) if not as_json else make_reporter(None, err)
+        result = ResearchLoop(s, store, ws, _no_agent(), reporter).replay(
+            exp, onto=onto, seeds=seeds)
+        reporter.close()
+        if as_json:
+            out.print_json(json.dumps(result))
+        else:
+            out.print(report.replay_text(result), markup=False)
+        if not result["ok"]:
+            raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    what: Annotated[str, typer.Argument(metavar="ID|best",
+                                        help="An experiment id, or best (a run's champion).")],
+    run: Annotated[int | None, typer.Option("--run", help="With best: which run "
+                                            "(default: the latest).")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout.")] = None,
+) -> None:
+    """A git-format patch of an experiment, or the champion's editable files."""
+    with _errors():
+        s = _settings()
+        store = _store(s)
+        ws = Workspace(s.workspace, s.editable)
+        text = report.export(store, ws, what, run)
+        if out_path is None:
+            sys.stdout.write(text)
+        else:
+            out_path.write_text(text, encoding="utf-8")
+            err.print(f"wrote {out_path}", markup=False)
+
+
+def _no_agent() -> MockAgent:
+    return MockAgent()  # replay asks no agent anything
+
+
+def _status(name: str) -> ExperimentStatus:
+    try:
+        return ExperimentStatus(name)
+    except ValueError:
+        names = ", ".join(x.value for x in ExperimentStatus)
+        raise UsageError(f"unknown status {name!r}; one of: {names}") from None
+
+
+def _experiment(store: Store, exp_id: int) -> Experiment:
+    exp = store.get_experiment(exp_id)
+    if exp is None:
+        raise UsageError(f"no experiment {exp_id}")
+    return exp
+
+
+def main() -> None:
+    try:
+        app(prog_name="autoresearch")
+    except KeyboardInterrupt:
+        err.print("interrupted", markup=False)
+        sys.exit(130)

@@ -1,0 +1,578 @@
+"""The research loop: the one module that knows all the parts.
+
+A new run measures the baseline on every seed, then each iteration is
+context -> agent -> parse/guard/apply (with repair round trips) -> commit in a worktree ->
+train + evaluate (first seed, then confirmation seeds) -> decide -> record.
+Every state change is committed to the store before the next step, so a loop killed at any
+moment resumes (``--resume``) with nothing lost or doubled.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from autoresearch import decide as decide_mod
+from autoresearch import edits, guard, runner
+from autoresearch.agents.base import (
+    Agent,
+    AgentError,
+    AgentExhausted,
+    AgentFatal,
+    Answer,
+    CallRecord,
+    Context,
+    HistoryItem,
+    Proposal,
+    Stats,
+)
+from autoresearch.config import Settings
+from autoresearch.data import PreparedData, prepare
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.store import Experiment, ExperimentStatus, Run, RunState, Store
+from autoresearch.workspace import Workspace
+
+ES = ExperimentStatus
+
+# how a failed training job is recorded
+_JOB_STATUS = {
+    RunStatus.crash: ES.crashed,
+    RunStatus.nan: ES.crashed,
+    RunStatus.timeout: ES.timeout,
+    RunStatus.overtime: ES.invalid,
+    RunStatus.invalid_model: ES.invalid,
+    RunStatus.not_causal: ES.invalid,
+    RunStatus.rejected: ES.rejected,
+}
+
+
+class Reporter(Protocol):
+    def notice(self, message: str) -> None: ...
+    def begin(self, planned: int, done: int) -> None: ...
+    def phase(self, exp_id: int, seq: int, title: str, phase: str) -> None: ...
+    def finished(self, exp: Experiment, best: float | None) -> None: ...
+
+
+class LoopStopped(AutoresearchError):
+    """The loop ended early but cleanly (cost cap, fatal agent error): the run is resumable."""
+
+
+class BaselineFailed(AutoresearchError):
+    pass
+
+
+@dataclass
+class _Rejection(Exception):
+    message: str
+    reason: str
+
+
+class ResearchLoop:
+    def __init__(self, settings: Settings, store: Store, ws: Workspace, agent: Agent,
+                 reporter: Reporter) -> None:
+        self.settings = settings
+        self.store = store
+        self.ws = ws
+        self.agent = agent
+        self.reporter = reporter
+        self.run: Run | None = None
+        self.data: PreparedData | None = None
+        self.redo: list[tuple[int, Proposal]] = []  # interrupted proposals to measure again
+
+    # -- run lifecycle ----------------------------------------------------------------------
+    def start(self, experiments: int) -> Run:
+        s = self.settings
+        device = runner.resolve_device(s.device)
+        data = prepare(s.dataset, notice=self.reporter.notice)
+        # a run remembers how to find its data again: a path absolute, a name as it is
+        spec = str(Path(s.dataset).resolve()) if Path(s.dataset).exists() else data.name
+        base = self.ws.commit_baseline()
+        run = self.store.add_run(
+            tag=s.tag, agent=self.agent.name, model=self.agent.model,
+            budget_kind=s.budget(device).kind, budget_amount=s.budget(device).amount,
+            seeds=json.dumps(s.seed_list()), device=device, dataset=spec,
+            dataset_sha256=data.sha256, experiments_planned=experiments,
+            min_delta=s.min_delta, branch="", baseline_commit=base, champion_commit=base,
+            config=s.model_dump_json(exclude={"prices"}),
+        )
+        assert run.id is not None
+        branch = self.ws.run_branch(run.id)
+        self.ws.create_branch(branch, base)
+        self.run = self.store.update_run(run.id, branch=branch)
+        self.data = data
+        self.reporter.notice(
+            f"run {run.id}: agent {self.agent.name} ({self.agent.model}), {experiments} "
+            f"experiments, {self.budget.describe()} each, seeds {self.seeds}, device {device}, "
+            f"data {data.name} ({data.sha256[:12]})"
+        )
+        return self.run
+
+    def resume(self, run: Run, experiments: int | None) -> Run:
+        """Close what a killed loop left in flight, then go on with the same run."""
+        assert run.id is not None
+        for exp in self.store.experiments(run_id=run.id):
+            if exp.status in (ES.proposed, ES.applied, ES.running, ES.measured) and not (
+                exp.kind == "replay" and exp.status == ES.measured
+            ):
+                assert exp.id is not None
+                runner.kill_stale(self.ws.exp_dir(exp.id))
+                self.store.transition(exp.id, ES.interrupted,
+                                      reason=f"the loop stopped while it was {exp.status.value}")
+                self._cleanup(exp.id, exp.branch, discard=True)
+                redo = exp.kind == "candidate" and exp.commit is not None and exp.proposal
+                if redo:
+                    self.redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
+                self.reporter.notice(f"experiment {exp.id} was in flight: closed as interrupted"
+                                     + ("; its proposal will be measured again" if redo else ""))
+        fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}
+        if experiments is not None:
+            fields["experiments_planned"] = experiments
+        self.run = self.store.update_run(run.id, **fields)
+        self.data = self._data_for(self.run)
+        self.reporter.notice(f"resuming run {run.id}: "
+                             f"{self.store.count_candidates(run.id)} of "
+                             f"{self.run.experiments_planned} experiments done")
+        return self.run
+
+    def _data_for(self, run: Run) -> PreparedData:
+        data = prepare(run.dataset, notice=self.reporter.notice)
+        if data.sha256 != run.dataset_sha256:
+            raise UsageError(
+                f"run {run.id} was measured on {run.dataset} ({run.dataset_sha256[:12]}), which "
+                f"is not available now (got {data.name}, {data.sha256[:12]}); metrics from "
+                "different corpora are never compared"
+            )
+        return data
+
+    @property
+    def budget(self) -> Budget:
+        assert self.run is not None
+        return Budget(kind=self.run.budget_kind, amount=self.run.budget_amount)  # type: ignore[arg-type]
+
+    @property
+    def seeds(self) -> list[int]:
+        assert self.run is not None
+        return self.run.seed_list
+
+    def execute(self) -> Run:
+        """Run experiments until the run's budget is spent; returns the finished run."""
+        assert self.run is not None and self.run.id is not None
+        run_id = self.run.id
+        try:
+            self.reporter.begin(self.run.experiments_planned, self.store.count_candidates(run_id))
+            if self.run.champion_experiment_id is None:
+                self.measure_baseline()
+            while self.store.count_candidates(run_id) < self.run.experiments_planned:
+                self.check_cost()
+                try:
+                    self.iteration()
+                except AgentExhausted as e:
+                    self.reporter.notice(f"the agent has nothing more to propose: {e}")
+                    break
+        except KeyboardInterrupt:
+            self.run = self.store.update_run(run_id, state=RunState.stopped,
+                                             stop_reason="interrupted by the user")
+            raise
+        except (LoopStopped, AgentFatal) as e:
+            self.run = self.store.update_run(run_id, state=RunState.stopped, stop_reason=str(e))
+            raise LoopStopped(f"{e} (run {run_id} is resumable: autoresearch loop --resume)") from e
+        except BaselineFailed as e:
+            self.run = self.store.update_run(run_id, state=RunState.failed, stop_reason=str(e))
+            raise
+        self.run = self.store.update_run(run_id, state=RunState.finished)
+        return self.run
+
+    def check_cost(self) -> None:
+        cap = self.settings.max_cost
+        if cap is None:
+            return
+        assert self.run is not None and self.run.id is not None
+        calls = self.store.calls(run_id=self.run.id)
+        spent = sum(c.cost_usd or 0.0 for c in calls)
+        per_experiment: dict[int | None, float] = {}
+        for c in calls:
+            per_experiment[c.experiment_id] = per_experiment.get(c.experiment_id, 0.0) + (
+                c.cost_usd or 0.0)
+        # the next experiment is assumed to cost as much as the dearest one so far
+        next_cost = max(per_experiment.values(), default=0.0)
+        if spent + next_cost > cap:
+            raise LoopStopped(f"cost cap reached: ${spent:.4f} spent, the next experiment "
+                              f"would cost about ${next_cost:.4f}, cap ${cap:.4f}")
+
+    # -- the baseline -------------------------------------------------------------------------
+    def measure_baseline(self) -> None:
+        assert self.run is not None and self.run.id is not None
+        commit = self.run.baseline_commit
+        exp = self.store.add_experiment(run_id=self.run.id, kind="baseline", seq=0,
+                                        title="baseline", parent_commit=commit, commit=commit)
+        assert exp.id is not None
+        self.store.transition(exp.id, ES.applied)
+        with self._in_flight(exp.id):
+            wt = self.ws.create_worktree(exp.id, commit, branch=None)
+            self.store.transition(exp.id, ES.running)
+            self.reporter.phase(exp.id, 0, "baseline", f"measuring {len(self.seeds)} seeds")
+            values, failed = self._measure(exp.id, wt, self.seeds)
+            self._cleanup(exp.id, None, discard=False)
+        if failed is not None:
+            self.store.transition(exp.id, _JOB_STATUS[failed.status],
+                                  reason=_one_line(failed.error))
+            raise BaselineFailed(
+                f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
+                f"{_one_line(failed.error)}; "
+                f"see {self.ws.exp_dir(exp.id) / f'seed-{failed.seed}' / 'run.log'}"
+            )
+        mean = statistics.fmean(values.values())
+        noise = statistics.stdev(values.values()) if len(values) > 1 else None
+        self.store.transition(exp.id, ES.measured, val_bpb=mean)
+        done = self.store.transition(
+            exp.id, ES.kept, delta=0.0, champion_bpb=mean,
+            reason=f"baseline: {mean:.4f} ± {noise or 0:.4f} over {len(values)} seeds",
+            decision=json.dumps({"values": values, "noise_std": noise}),
+        )
+        self.run = self.store.update_run(self.run.id, champion_experiment_id=exp.id,
+                                         noise_std=noise)
+        self.reporter.finished(done, mean)
+
+    # -- one experiment -----------------------------------------------------------------------
+    def iteration(self) -> Experiment:
+        assert self.run is not None and self.run.id is not None
+        run = self.run
+        assert run.id is not None
+        champion_files = self.ws.read_files(run.champion_commit)
+        context = self.build_context(champion_files)
+        seq = self.store.count_candidates(run.id) + 1
+
+        if self.redo:
+            old_id, redo = self.redo.pop(0)
+            answer: Answer | Experiment = Answer(proposal=redo.model_copy(
+                update={"rationale": f"(redo of interrupted #{old_id}) {redo.rationale}"}))
+        else:
+            answer = self._ask_first(context, seq)
+        if isinstance(answer, Experiment):
+            return answer  # the agent failed; recorded as a rejected experiment
+        exp = self.store.add_experiment(run_id=run.id, kind="candidate", seq=seq,
+                                        parent_commit=run.champion_commit,
+                                        title="(no usable proposal)")
+        assert exp.id is not None
+        exp_id = exp.id
+        self._record_calls(exp_id, answer.calls, attempt=0)
+        with self._in_flight(exp_id):
+            proposal, files = self._usable(exp_id, context, champion_files, answer)
+            if proposal is None:
+                rejected = self.store.get_experiment(exp_id)
+                assert rejected is not None
+                return rejected
+            return self._try(exp_id, seq, proposal, files)
+
+    def _ask_first(self, context: Context, seq: int) -> Answer | Experiment:
+        """The agent's first answer; a failed call is recorded as a rejected experiment."""
+        assert self.run is not None and self.run.id is not None
+        run = self.run
+        try:
+            return self.agent.propose(context)
+        except AgentFatal as e:
+            self._record_calls(None, e.calls, attempt=0)
+            raise
+        except AgentError as e:
+            exp = self.store.add_experiment(run_id=run.id, kind="candidate", seq=seq,
+                                            parent_commit=run.champion_commit,
+                                            title="(agent failed)")
+            assert exp.id is not None
+            self._record_calls(exp.id, e.calls, attempt=0)
+            exp = self.store.transition(exp.id, ES.rejected,
+                                        reason=f"agent failed: {_one_line(str(e))}")
+            self.reporter.finished(exp, self._best())
+            return exp
+
+    def _record_calls(self, exp_id: int | None, calls: list[CallRecord], attempt: int) -> None:
+        assert self.run is not None and self.run.id is not None
+        for c in calls:
+            self.store.add_call(run_id=self.run.id, experiment_id=exp_id, attempt=attempt,
+                                provider=c.provider, model=c.model, input_tokens=c.input_tokens,
+                                output_tokens=c.output_tokens, latency_s=c.latency_s,
+                                cost_usd=c.cost_usd, error=c.error, raw=c.raw)
+
+    def _usable(self, exp_id: int, context: Context, champion: dict[str, str],
+                answer: Answer) -> tuple[Proposal | None, dict[str, str]]:
+        """Parse, guard and dry-run the answer; repair round trips until usable or out of tries."""
+        last: _Rejection | None = None
+        for attempt in range(self.settings.repairs + 1):
+            if attempt > 0:
+                assert last is not None
+                context = context.model_copy(update={
+                    "repair": last.message,
+                    "previous_answer": answer.text or (answer.proposal.model_dump_json(indent=1)
+                                                       if answer.proposal else ""),
+                })
+                self.reporter.phase(exp_id, 0, "repair", f"repair {attempt}: {last.reason}")
+                try:
+                    answer = self.agent.propose(context)
+                except AgentError as e:  # AgentFatal too: record its calls, then it propagates
+                    self._record_calls(exp_id, e.calls, attempt=attempt)
+                    if isinstance(e, AgentFatal):
+                        raise
+                    last = _Rejection(str(e), f"agent failed: {_one_line(str(e))}")
+                    break
+                self._record_calls(exp_id, answer.calls, attempt=attempt)
+            try:
+                proposal = answer.proposal or edits.parse_answer(answer.text)
+                self.store.update_experiment(exp_id, title=proposal.title[:200],
+                                             rationale=proposal.rationale,
+                                             proposal=proposal.model_dump_json())
+                files = self._check(proposal, champion)
+                return proposal, files
+            except edits.FormatError as e:
+                last = _Rejection(str(e), f"unusable answer: {_one_line(str(e))}")
+            except edits.EditError as e:
+                last = _Rejection(str(e), f"edit failed: {_one_line(str(e))}")
+            except guard.GuardViolation as e:
+                last = _Rejection(e.message, f"guard [{e.rule}]: {_one_line(e.message)}")
+        assert last is not None
+        self.store.transition(exp_id, ES.rejected, reason=last.reason)
+        self._write_json(exp_id, "proposal.json", {"rejected": last.reason,
+                                                   "message": last.message})
+        self.reporter.finished(self.store.get_experiment(exp_id), self._best())  # type: ignore[arg-type]
+        return None, {}
+
+    def _check(self, proposal: Proposal, champion: dict[str, str]) -> dict[str, str]:
+        guard.check_paths([e.path for e in proposal.edits], self.ws.editable)
+        files = edits.apply_edits(champion, proposal.edits)
+        changed = {p: t for p, t in files.items() if champion.get(p) != t}
+        if not changed:
+            raise edits.EditError("the edits leave every file exactly as it was; change something")
+        for path, text in changed.items():
+            guard.check_source(path, text)
+        return files
+
+    def _try(self, exp_id: int, seq: int, proposal: Proposal, files: dict[str, str]) -> Experiment:
+        assert self.run is not None and self.run.id is not None
+        run = self.run
+        assert run.id is not None
+        branch = f"exp/{exp_id}"
+        self._write_json(exp_id, "proposal.json", proposal.model_dump())
+        wt = self.ws.create_worktree(exp_id, run.champion_commit, branch=branch)
+        commit, diff = self.ws.commit_files(wt, files, f"#{exp_id}: {proposal.title}\n\n"
+                                            f"{proposal.rationale}")
+        self.ws.pin(exp_id, commit)
+        (self.ws.exp_dir(exp_id) / "diff.patch").write_text(diff, encoding="utf-8")
+        self.store.transition(exp_id, ES.applied, commit=commit, branch=branch, diff=diff)
+
+        self.store.transition(exp_id, ES.running)
+        self.reporter.phase(exp_id, seq, proposal.title, f"training seed {self.seeds[0]}")
+        values, failed = self._measure(exp_id, wt, self.seeds[:1])
+        champion = self._champion_values()
+        noise = run.noise_std or 0.0
+        verdict = None
+        if failed is None:
+            self.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
+            verdict = decide_mod.decide(values, champion, noise_std=noise,
+                                        min_delta=run.min_delta, seeds=self.seeds)
+            if verdict.verdict == "confirm":
+                rest = [s for s in self.seeds if s not in values]
+                self.store.transition(exp_id, ES.running)
+                self.reporter.phase(exp_id, seq, proposal.title, f"confirming on seeds {rest}")
+                more, failed = self._measure(exp_id, wt, rest)
+                values.update(more)
+                if failed is None:
+                    self.store.transition(exp_id, ES.measured,
+                                          val_bpb=statistics.fmean(values.values()))
+                    verdict = decide_mod.decide(values, champion, noise_std=noise,
+                                                min_delta=run.min_delta, seeds=self.seeds)
+        if failed is not None:
+            status = _JOB_STATUS.get(failed.status, ES.crashed)
+            exp = self.store.transition(exp_id, status, reason=_one_line(failed.error),
+                                        seconds=self._seconds(exp_id))
+        else:
+            assert verdict is not None
+            paired = [s for s in self.seeds if s in values]
+            champ_mean = statistics.fmean(champion[s] for s in paired)
+            evidence = verdict.model_dump()
+            fields = dict(val_bpb=statistics.fmean(values.values()), champion_bpb=champ_mean,
+                          delta=verdict.delta, reason=verdict.reason,
+                          decision=json.dumps(evidence), seconds=self._seconds(exp_id))
+            if verdict.verdict == "keep":
+                self.ws.advance(run.branch, commit)
+                self.run = self.store.update_run(run.id, champion_commit=commit,
+                                                 champion_experiment_id=exp_id)
+                exp = self.store.transition(exp_id, ES.kept, **fields)
+            else:
+                exp = self.store.transition(exp_id, ES.discarded, **fields)
+        self._cleanup(exp_id, branch, discard=exp.status != ES.kept)
+        self.reporter.finished(exp, self._best())
+        return exp
+
+    # -- replay -------------------------------------------------------------------------------
+    def replay(self, exp: Experiment, *, onto: str, seeds: int | None) -> dict[str, Any]:
+        """Apply ``exp``'s stored diff onto a base, measure it, and compare with the original."""
+        run = self.store.get_run(exp.run_id)
+        assert run is not None and run.id is not None and exp.id is not None
+        if exp.kind != "candidate" or not exp.diff or not exp.commit:
+            raise UsageError(f"experiment {exp.id} has no diff to replay ({exp.kind}, "
+                             f"{exp.status.value})")
+        self.run = run
+        self.data = self._data_for(run)
+        base = {"baseline": run.baseline_commit, "champion": run.champion_commit}.get(onto)
+        base = base or self.ws.resolve(onto)
+        k = seeds if seeds is not None else len(run.seed_list)
+        seed_list = [run.seed_list[0] + i for i in range(k)]
+        new = self.store.add_experiment(
+            run_id=run.id, kind="replay", seq=exp.seq, title=f"replay of #{exp.id}: {exp.title}",
+            rationale=exp.rationale, proposal=exp.proposal, parent_commit=base,
+            replay_of=exp.id)
+        assert new.id is not None
+        with self._in_flight(new.id):
+            wt = self.ws.create_worktree(new.id, base, branch=None)
+            try:
+                self.ws.apply_diff(wt, exp.diff)
+                files = {p: (wt / p).read_text(encoding="utf-8") for p in self.ws.editable}
+                for path, text in files.items():
+                    guard.check_source(path, text)
+            except (UsageError, guard.GuardViolation) as e:
+                self.store.transition(new.id, ES.rejected, reason=_one_line(str(e)))
+                self._cleanup(new.id, None, discard=True)
+                raise UsageError(f"cannot replay experiment {exp.id} onto {onto}: {e}") from e
+            commit, diff = self.ws.commit_files(wt, files, f"replay of #{exp.id}: {exp.title}")
+            self.ws.pin(new.id, commit)
+            self.store.transition(new.id, ES.applied, commit=commit, diff=diff)
+            self.store.transition(new.id, ES.running)
+            self.reporter.phase(new.id, exp.seq, new.title, f"measuring seeds {seed_list}")
+            values, failed = self._measure(new.id, wt, seed_list)
+            self._cleanup(new.id, None, discard=True)
+        original = {m.seed: m.val_bpb for m in self.store.measurements(exp.id)
+                    if m.status == "ok" and m.val_bpb is not None}
+        result: dict[str, Any] = {
+            "original": exp.id, "replay": new.id, "onto": onto, "base_commit": base,
+            "original_values": original, "replay_values": values, "ok": failed is None,
+        }
+        if failed is not None:
+            status = _JOB_STATUS.get(failed.status, ES.crashed)
+            self.store.transition(new.id, status, reason=_one_line(failed.error))
+            result["verdict"] = f"replay failed ({failed.status.value}): {_one_line(failed.error)}"
+            return result
+        check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
+        mean = statistics.fmean(values.values())
+        self.store.transition(new.id, ES.measured, val_bpb=mean, reason=check.reason,
+                              decision=check.model_dump_json(), seconds=self._seconds(new.id),
+                              delta=check.delta)
+        result["verdict"] = check.reason
+        result["reproduces"] = check.reproduces
+        return result
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _measure(self, exp_id: int, wt: Path, seeds: list[int]) -> tuple[dict[int, float],
+                                                                        Metrics | None]:
+        """Measure ``seeds`` in order; stop at the first failure (returned as the 2nd item)."""
+        assert self.run is not None and self.data is not None
+        values: dict[int, float] = {}
+        for seed in seeds:
+            m = runner.measure(source=wt, data=self.data.path, budget=self.budget, seed=seed,
+                               device=self.run.device,
+                               out_dir=self.ws.exp_dir(exp_id) / f"seed-{seed}",
+                               setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
+                               gpu=self.settings.gpu)
+            if m.ok and m.dataset_sha256 and m.dataset_sha256 != self.run.dataset_sha256:
+                m = m.model_copy(update={"status": RunStatus.overtime, "val_bpb": None,
+                                         "error": "measured on a different dataset"})
+            self.store.add_measurement(
+                experiment_id=exp_id, seed=seed, status=m.status.value, val_bpb=m.val_bpb,
+                val_loss=m.val_loss, train_tokens=m.train_tokens, steps=m.steps,
+                train_seconds=m.train_seconds, total_seconds=m.total_seconds, params=m.params,
+                peak_memory_mb=m.peak_memory_mb, device=m.device, error=m.error,
+                metrics=m.model_dump_json(),
+            )
+            if not m.ok:
+                return values, m
+            assert m.val_bpb is not None
+            values[seed] = m.val_bpb
+        return values, None
+
+    def _champion_values(self) -> dict[int, float]:
+        assert self.run is not None and self.run.champion_experiment_id is not None
+        ms = self.store.measurements(self.run.champion_experiment_id)
+        return {m.seed: m.val_bpb for m in ms if m.status == "ok" and m.val_bpb is not None}
+
+    def _best(self) -> float | None:
+        assert self.run is not None
+        if self.run.champion_experiment_id is None:
+            return None
+        champ = self.store.get_experiment(self.run.champion_experiment_id)
+        return None if champ is None else champ.val_bpb
+
+    def _seconds(self, exp_id: int) -> float:
+        return sum(m.total_seconds for m in self.store.measurements(exp_id))
+
+    def _cleanup(self, exp_id: int, branch: str | None, discard: bool) -> None:
+        if not self.settings.keep_worktrees:
+            self.ws.remove_worktree(exp_id, branch, delete_branch=True)
+        elif discard and branch:
+            pass  # the user asked to keep worktrees: leave branch and worktree for inspection
+
+    def _write_json(self, exp_id: int, name: str, obj: Any) -> None:
+        d = self.ws.exp_dir(exp_id)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
+
+    @contextmanager
+    def _in_flight(self, exp_id: int) -> Iterator[None]:
+        """Ctrl-C or an agent that cannot go on: record the experiment as interrupted."""
+        try:
+            yield
+        except (KeyboardInterrupt, AgentFatal) as e:
+            exp = self.store.get_experiment(exp_id)
+            if exp is not None and exp.status not in (ES.kept, ES.discarded, ES.rejected,
+                                                       ES.crashed, ES.timeout, ES.invalid,
+                                                       ES.interrupted):
+                why = "interrupted by the user" if isinstance(e, KeyboardInterrupt) else str(e)
+                self.store.transition(exp_id, ES.interrupted, reason=_one_line(why))
+            self._cleanup(exp_id, exp.branch if exp else None, discard=True)
+            raise
+
+    # -- what the agent sees ------------------------------------------------------------------
+    def build_context(self, files: dict[str, str]) -> Context:
+        assert self.run is not None and self.run.id is not None
+        run = self.run
+        exps = self.store.experiments(run_id=run.id)
+        baseline = next((e for e in exps if e.kind == "baseline" and e.val_bpb is not None), None)
+        champ = next((e for e in exps if e.id == run.champion_experiment_id), None)
+        noise = run.noise_std or 0.0
+        history = [
+            HistoryItem(id=e.id or 0, title=e.title, status=e.status.value, delta=e.delta,
+                        reason=e.reason)
+            for e in exps if e.kind == "candidate"
+        ]
+        last_crash = next((e for e in reversed(exps) if e.status in (ES.crashed, ES.timeout,
+                                                                      ES.invalid)), None)
+        crash_log = None
+        if last_crash is not None and last_crash.id is not None:
+            crash_log = log_tail(self.ws.exp_dir(last_crash.id), 3000)
+        return Context(
+            files=files, budget=self.budget.describe(), device=run.device,
+            baseline=Stats(mean=baseline.val_bpb, std=noise, n=len(self.seeds))
+            if baseline and baseline.val_bpb is not None else None,
+            champion=Stats(mean=champ.val_bpb, std=noise, n=len(self.seeds))
+            if champ and champ.val_bpb is not None else None,
+            history=history, last_crash_log=crash_log,
+        )
+
+
+def log_tail(exp_dir: Path, limit: int) -> str:
+    """The last ``limit`` characters of an experiment's newest run.log."""
+    logs = sorted(exp_dir.glob("seed-*/run.log"), key=lambda p: p.stat().st_mtime)
+    if not logs:
+        return ""
+    text = logs[-1].read_text(encoding="utf-8", errors="replace")
+    return text[-limit:]
+
+
+def _one_line(text: str | None) -> str:
+    if not text:
+        return "no reason given"
+    line = text.strip().splitlines()[0] if text.strip() else "no reason given"
+    return line[:300]
+

@@ -1,0 +1,212 @@
+"""Reading results back: tables, one experiment in full, logs, export.
+
+Everything here reads the store and the workspace; nothing here writes a result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from autoresearch.errors import UsageError
+from autoresearch.metrics import Metrics
+from autoresearch.store import Experiment, Run, Store
+from autoresearch.workspace import Workspace
+
+
+def _f(x: float | None, fmt: str = ".4f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _cost(known: float, unknown: int) -> str:
+    if unknown and not known:
+        return "?"
+    return f"${known:.4f}" + ("+?" if unknown else "")
+
+
+def metrics_text(m: Metrics) -> str:
+    if not m.ok:
+        return f"status {m.status.value}: {m.error or 'no reason given'}"
+    return (f"val_bpb {m.val_bpb:.4f}  val_loss {m.val_loss:.4f}  steps {m.steps}  "
+            f"train_tokens {m.train_tokens:,}  "
+            f"tokens/s {m.train_tokens / max(m.train_seconds, 1e-9):,.0f}  "
+            f"train {m.train_seconds:.1f}s  total {m.total_seconds:.1f}s  params {m.params:,}  "
+            f"peak {m.peak_memory_mb:.0f} MB  device {m.device}  data {m.dataset}")
+
+
+def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str, Any]:
+    assert e.id is not None
+    known, unknown = store.costs([e.id]).get(e.id, (0.0, 0))
+    d: dict[str, Any] = {
+        "id": e.id, "run": e.run_id, "kind": e.kind, "seq": e.seq, "title": e.title,
+        "status": e.status.value, "val_bpb": e.val_bpb, "champion_bpb": e.champion_bpb,
+        "delta": e.delta, "seconds": round(e.seconds, 2), "cost_usd": known,
+        "calls_with_unknown_cost": unknown, "reason": e.reason, "commit": e.commit,
+        "replay_of": e.replay_of,
+    }
+    if full:
+        d["rationale"] = e.rationale
+        d["parent_commit"] = e.parent_commit
+        d["decision"] = json.loads(e.decision) if e.decision else None
+        d["measurements"] = [
+            {"seed": m.seed, "status": m.status, "val_bpb": m.val_bpb, "val_loss": m.val_loss,
+             "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
+             "total_seconds": m.total_seconds, "params": m.params, "error": m.error}
+            for m in store.measurements(e.id)
+        ]
+        d["agent_calls"] = [
+            {"attempt": c.attempt, "provider": c.provider, "model": c.model,
+             "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
+             "latency_s": c.latency_s, "cost_usd": c.cost_usd, "error": c.error}
+            for c in store.calls(experiment_id=e.id)
+        ]
+        d["diff"] = e.diff
+    return d
+
+
+def history_table(store: Store, rows: list[Experiment]) -> Table:
+    costs = store.costs([e.id for e in rows if e.id is not None])
+    t = Table(show_edge=False, header_style="bold")
+    for col in ("id", "run", "title", "status", "val_bpb", "Δ vs champion", "seconds", "cost"):
+        t.add_column(col, justify="right" if col not in ("title", "status") else "left")
+    for e in rows:
+        assert e.id is not None
+        known, unknown = costs.get(e.id, (0.0, 0))
+        delta = "" if e.kind == "baseline" else _f(e.delta, "+.4f")
+        title = e.title if len(e.title) <= 48 else e.title[:47] + "…"
+        t.add_row(str(e.id), str(e.run_id), title, e.status.value, _f(e.val_bpb), delta,
+                  f"{e.seconds:.0f}", _cost(known, unknown))
+    if not rows:
+        t.add_row("", "", "(no experiments)", "", "", "", "", "")
+    return t
+
+
+def run_dict(store: Store, r: Run) -> dict[str, Any]:
+    assert r.id is not None
+    exps = store.experiments(run_id=r.id)
+    counts: dict[str, int] = {}
+    for e in exps:
+        if e.kind == "candidate":
+            counts[e.status.value] = counts.get(e.status.value, 0) + 1
+    champ = next((e for e in exps if e.id == r.champion_experiment_id), None)
+    base = next((e for e in exps if e.kind == "baseline" and e.val_bpb is not None), None)
+    known, unknown, n_calls = store.run_cost(r.id)
+    return {
+        "id": r.id, "tag": r.tag, "state": r.state.value, "created_at": r.created_at.isoformat(),
+        "agent": r.agent, "model": r.model, "device": r.device, "dataset": r.dataset,
+        "dataset_sha256": r.dataset_sha256, "budget": f"{r.budget_amount:g} {r.budget_kind}",
+        "seeds": r.seed_list, "planned": r.experiments_planned, "statuses": counts,
+        "baseline_bpb": base.val_bpb if base else None, "noise_std": r.noise_std,
+        "champion_bpb": champ.val_bpb if champ else None,
+        "champion_experiment": r.champion_experiment_id, "champion_commit": r.champion_commit,
+        "cost_usd": known, "calls": n_calls, "calls_with_unknown_cost": unknown,
+        "stop_reason": r.stop_reason,
+    }
+
+
+def runs_table(store: Store, rows: list[Run]) -> Table:
+    t = Table(show_edge=False, header_style="bold")
+    for col in ("run", "tag", "state", "agent", "budget", "done", "kept", "baseline",
+                "champion", "cost"):
+        t.add_column(col)
+    for r in rows:
+        d = run_dict(store, r)
+        done = sum(d["statuses"].values()) - d["statuses"].get("interrupted", 0)
+        t.add_row(str(r.id), r.tag or "", d["state"], f"{r.agent} {r.model}".strip(),
+                  d["budget"], f"{done}/{r.experiments_planned}",
+                  str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
+                  _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]))
+    if not rows:
+        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "")
+    return t
+
+
+def experiment_text(store: Store, e: Experiment) -> str:
+    d = experiment_dict(store, e, full=True)
+    lines = [f"experiment {e.id} (run {e.run_id}, {e.kind} #{e.seq}): {e.title}",
+             f"status   {e.status.value}: {e.reason}"]
+    if e.replay_of:
+        lines.append(f"replay of experiment {e.replay_of}")
+    if e.rationale:
+        lines.append(f"why      {e.rationale}")
+    lines.append(f"commit   {e.commit or '-'} (parent {e.parent_commit[:12] or '-'})")
+    lines.append(f"val_bpb  {_f(e.val_bpb)}   champion {_f(e.champion_bpb)}   "
+                 f"Δ {_f(e.delta, '+.4f')}")
+    for m in d["measurements"]:
+        extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
+        lines.append(f"  seed {m['seed']}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}  "
+                     f"steps {m['steps']}  tokens {m['train_tokens']:,}  "
+                     f"{m['total_seconds']:.1f}s{extra}")
+    dec = d["decision"]
+    if dec and e.kind == "candidate":
+        lines.append(f"decision {dec.get('verdict', '?')}: {dec.get('reason', '')}")
+        ev = dec.get("evidence") or {}
+        for k, v in ev.items():
+            lines.append(f"  {k}: {v}")
+    calls = d["agent_calls"]
+    if calls:
+        known, unknown = store.costs([e.id or 0]).get(e.id or 0, (0.0, 0))
+        tokens_in = sum(c["input_tokens"] or 0 for c in calls)
+        tokens_out = sum(c["output_tokens"] or 0 for c in calls)
+        lines.append(f"agent    {len(calls)} call(s), {tokens_in:,} in / {tokens_out:,} out "
+                     f"tokens, cost {_cost(known, unknown)}")
+        for c in calls:
+            if c["error"]:
+                lines.append(f"  attempt {c['attempt']}: {c['error'].splitlines()[0][:160]}")
+    return "\n".join(lines)
+
+
+def logs(workspace: Path, e: Experiment) -> dict[str, str]:
+    d = workspace / "experiments" / str(e.id)
+    return {str(p.relative_to(d)): p.read_text(encoding="utf-8", errors="replace")
+            for p in sorted(d.glob("seed-*/run.log"))}
+
+
+def run_summary(store: Store, r: Run) -> str:
+    d = run_dict(store, r)
+    return (f"run {r.id} {d['state']}: {sum(d['statuses'].values())} experiments "
+            f"({', '.join(f'{v} {k}' for k, v in sorted(d['statuses'].items())) or 'none'}); "
+            f"baseline {_f(d['baseline_bpb'])} -> champion {_f(d['champion_bpb'])} "
+            f"(experiment {d['champion_experiment']}); agent cost "
+            f"{_cost(d['cost_usd'], d['calls_with_unknown_cost'])}")
+
+
+def replay_text(result: dict[str, Any]) -> str:
+    lines = [f"replay of experiment {result['original']} as experiment {result['replay']} "
+             f"onto {result['onto']}",
+             f"{'seed':>6}  {'original':>10}  {'replay':>10}"]
+    orig, rep = result["original_values"], result["replay_values"]
+    for seed in sorted({*map(int, orig), *map(int, rep)}):
+        lines.append(f"{seed:>6}  {_f(orig.get(str(seed)) or orig.get(seed)):>10}  "
+                     f"{_f(rep.get(str(seed)) or rep.get(seed)):>10}")
+    lines.append(result["verdict"])
+    return "\n".join(lines)
+
+
+def export(store: Store, ws: Workspace, what: str, run_id: int | None) -> str:
+    if what == "best":
+        runs = store.runs()
+        if run_id is not None:
+            runs = [r for r in runs if r.id == run_id]
+            if not runs:
+                raise UsageError(f"no run {run_id}")
+        if not runs:
+            raise UsageError("no runs yet")
+        files = ws.read_files(runs[-1].champion_commit)
+        if len(files) == 1:
+            return next(iter(files.values()))
+        return "".join(f"# ==== {p} ====\n{t}" for p, t in files.items())
+    try:
+        exp_id = int(what)
+    except ValueError:
+        raise UsageError(f"export takes an experiment id or 'best', not {what!r}") from None
+    exp = store.get_experiment(exp_id)
+    if exp is None:
+        raise UsageError(f"no experiment {exp_id}")
+    if exp.kind == "baseline" or not exp.commit:
+        raise UsageError(f"experiment {exp_id} has no change to export ({exp.status.value})")
+    return ws.format_patch(exp.commit)
+

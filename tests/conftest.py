@@ -1,0 +1,64 @@
+"""Shared fixtures: a small generated dataset and a tiny, fast training source."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from autoresearch import data
+
+# One thread per process: on a shared, busy machine two OpenMP threads that spin-wait for each
+# other make a tiny model 20x slower. Set before torch is imported here or in any child.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SOURCES = Path(__file__).parent / "sources"
+WORDS = [
+    "the", "a", "one", "two", "three", "red", "green", "blue", "small", "large", "quick",
+    "slow", "cat", "dog", "bird", "fish", "tree", "river", "stone", "house", "runs", "jumps",
+    "sleeps", "sings", "eats", "sees", "under", "over", "near", "with",
+]
+
+
+def generated_text(n_bytes: int = 120_000, seed: int = 0) -> str:
+    """Sentences of a small vocabulary: easy to learn, far below their unigram entropy."""
+    rng = random.Random(seed)
+    out: list[str] = []
+    size = 0
+    while size < n_bytes:
+        sentence = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 9)))
+        line = sentence.capitalize() + ".\n"
+        out.append(line)
+        size += len(line)
+    return "".join(out)[:n_bytes]
+
+
+@pytest.fixture(scope="session")
+def make_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., data.PreparedData]:
+    """make_dataset(text, name) -> PreparedData, prepared in a session-wide temporary cache."""
+    root = tmp_path_factory.mktemp("datasets")
+
+    def make(text: str, name: str = "corpus") -> data.PreparedData:
+        path = root / f"{name}.txt"
+        path.write_text(text, encoding="utf-8")
+        return data.prepare(str(path), cache=root / "cache")
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def prepared_data(make_dataset: Callable[..., data.PreparedData]) -> data.PreparedData:
+    """A ~120 KB generated-text dataset (108 KB train, 12 KB validation)."""
+    return make_dataset(generated_text(), "generated")
+
+
+@pytest.fixture
+def tiny_source(tmp_path: Path) -> Path:
+    """A folder holding a tiny, fast train.py (1-layer causal model, ~50k params)."""
+    dst = tmp_path / "tiny_source"
+    shutil.copytree(SOURCES / "tiny", dst)
+    return dst

@@ -1,0 +1,136 @@
+"""Datasets: local text, the offline corpus, and the shakespeare download (from 127.0.0.1)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoresearch import data
+from autoresearch.errors import DataError
+
+TEXT = "To be, or not to be, that is the question. " * 1000
+
+
+def test_text_file_is_split_90_10_into_byte_tokens(tmp_path: Path) -> None:
+    src = tmp_path / "hamlet.txt"
+    src.write_text(TEXT, encoding="utf-8")
+    prepared = data.prepare(str(src), cache=tmp_path / "cache")
+    raw = TEXT.encode()
+    assert prepared.name == "hamlet" and prepared.sha256 == hashlib.sha256(raw).hexdigest()
+    assert (prepared.vocab_size, prepared.bytes_per_token) == (256, 1.0)
+    assert prepared.train_tokens == int(len(raw) * 0.9)
+    assert prepared.train_tokens + prepared.val_tokens == len(raw)
+    train = np.fromfile(prepared.path / "train.bin", dtype=np.uint8)
+    val = np.fromfile(prepared.path / "val.bin", dtype=np.uint8)
+    assert train.tobytes() + val.tobytes() == raw
+    assert data.load_prepared(prepared.path) == prepared
+    assert data.prepare(str(src), cache=tmp_path / "cache") == prepared  # idempotent
+
+
+def test_folder_of_txt_files_is_read_in_sorted_order(tmp_path: Path) -> None:
+    folder = tmp_path / "books"
+    folder.mkdir()
+    (folder / "b.txt").write_text("B" * 15_000, encoding="utf-8")
+    (folder / "a.txt").write_text("A" * 15_000, encoding="utf-8")
+    (folder / "notes.md").write_text("ignored", encoding="utf-8")
+    prepared = data.prepare(str(folder), cache=tmp_path / "cache")
+    assert prepared.name == "books"
+    assert prepared.sha256 == hashlib.sha256(b"A" * 15_000 + b"\n" + b"B" * 15_000).hexdigest()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "is empty"),
+    (b"caf\xe9 " * 10_000, "is not UTF-8"),
+    (b"short text", "too small"),
+])
+def test_bad_text_is_a_data_error_naming_the_problem(
+    tmp_path: Path, content: bytes, message: str,
+) -> None:
+    src = tmp_path / "bad.txt"
+    src.write_bytes(content)
+    with pytest.raises(DataError, match=message) as err:
+        data.prepare(str(src), cache=tmp_path / "cache")
+    if message != "too small":
+        assert str(src) in str(err.value)
+
+
+def test_unknown_dataset_name_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.prepare("wikipedia", cache=tmp_path)
+
+
+def test_offline_corpus_is_deterministic_and_capped(tmp_path: Path) -> None:
+    a = data.prepare("offline", cache=tmp_path / "one")
+    b = data.prepare("offline", cache=tmp_path / "two")
+    assert a.name == "offline" and a.sha256 == b.sha256
+    assert 500_000 < a.train_tokens + a.val_tokens <= data.OFFLINE_LIMIT
+
+
+def test_cache_dir_follows_the_environment(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path))
+    assert data.cache_dir() == tmp_path
+    monkeypatch.delenv("AUTORESEARCH_CACHE")
+    assert data.cache_dir() == Path.home() / ".cache" / "autoresearch"
+
+
+# --- shakespeare, served from a local http.server -------------------------------------------
+
+
+@pytest.fixture
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Serve tmp_path/www on 127.0.0.1 and point the shakespeare URL at www/input.txt."""
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kw: object) -> None:
+            super().__init__(*args, directory=str(www), **kw)  # type: ignore[arg-type]
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AUTORESEARCH_SHAKESPEARE_URL",
+                       f"http://127.0.0.1:{server.server_address[1]}/input.txt")
+    yield www
+    server.shutdown()
+    server.server_close()
+
+
+def test_shakespeare_download_with_the_right_hash_is_stored(
+    serve: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (serve / "input.txt").write_bytes(TEXT.encode())
+    # the real file is not in the repo: pretend this text's hash is the published one
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", hashlib.sha256(TEXT.encode()).hexdigest())
+    prepared = data.prepare("shakespeare", cache=tmp_path / "cache")
+    assert prepared.name == "shakespeare" and prepared.train_tokens == int(len(TEXT) * 0.9)
+    (serve / "input.txt").unlink()  # cached now: no second download
+    assert data.prepare("shakespeare", cache=tmp_path / "cache") == prepared
+
+
+def test_shakespeare_with_a_wrong_hash_is_a_data_error(serve: Path, tmp_path: Path) -> None:
+    (serve / "input.txt").write_bytes(TEXT.encode())
+    with pytest.raises(DataError, match="corrupt or not tiny-shakespeare"):
+        data.prepare("shakespeare", cache=tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("shakespeare-*"))
+
+
+def test_shakespeare_server_down_falls_back_to_offline_with_a_notice(
+    serve: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AUTORESEARCH_SHAKESPEARE_URL", "http://127.0.0.1:9/input.txt")
+    notices: list[str] = []
+    prepared = data.prepare("shakespeare", cache=tmp_path / "cache", notice=notices.append)
+    assert prepared.name == "offline"
+    assert len(notices) == 1 and "could not download tiny-shakespeare" in notices[0]
+    assert "offline" in notices[0]

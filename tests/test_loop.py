@@ -1,0 +1,211 @@
+"""The research loop end to end: real git, a real SQLite file, real training subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import git
+import pytest
+from typer.testing import CliRunner
+
+from autoresearch.cli import app
+from autoresearch.store import ExperimentStatus as ES
+from autoresearch.store import Store
+from autoresearch.workspace import init_workspace
+
+HERE = Path(__file__).parent
+LOOP_SOURCE = HERE / "loop_source" / "train.py"
+TOKENS = "12000"
+
+RAISE_LR = {"title": "Raise the learning rate", "rationale": "1e-5 learns nothing",
+            "edits": [{"path": "train.py", "search": "LEARNING_RATE = 1e-5",
+                       "replace": "LEARNING_RATE = 3e-2"}]}
+LOWER_LR = {"title": "Lower the learning rate", "rationale": "maybe smoother",
+            "edits": [{"path": "train.py", "search": "LEARNING_RATE = 3e-2",
+                       "replace": "LEARNING_RATE = 1e-6"}]}
+CRASH = {"title": "Crash on purpose", "rationale": "",
+         "edits": [{"path": "train.py",
+                    "search": "    model = Bigram(run.vocab_size).to(run.device)",
+                    "replace": "    raise RuntimeError('boom from the candidate')"}]}
+MISSING = {"title": "Edit a line that is not there", "rationale": "",
+           "edits": [{"path": "train.py", "search": "THIS LINE DOES NOT EXIST",
+                      "replace": "x = 1"}]}
+
+
+def corpus(path: Path) -> Path:
+    """A small corpus with strong bigram structure, so a learning model is easy to tell apart."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed"]
+    state, out = 12345, []
+    for _ in range(12000):
+        state = (1103515245 * state + 12345) % 2**31
+        out.append(words[state % len(words)])
+    path.write_text(" ".join(out) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "ws"
+    init_workspace(root)
+    shutil.copy(LOOP_SOURCE, root / "baseline" / "train.py")
+    corpus(tmp_path / "corpus.txt")
+    return root
+
+
+def script(path: Path, entries: list[dict[str, object]]) -> Path:
+    path.write_text("\n".join(json.dumps(e) for e in entries), encoding="utf-8")
+    return path
+
+
+def loop_args(ws: Path, *extra: str) -> list[str]:
+    return ["--workspace", str(ws), "loop", "--agent", "mock", "--token-budget", TOKENS,
+            "--seeds", "2", "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
+            "--repairs", "1", *extra]
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Exit code and stdout+stderr of one CLI call."""
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def invoke_json(*args: str) -> object:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def history(ws: Path) -> list[dict[str, object]]:
+    return invoke_json("--workspace", str(ws), "history")  # type: ignore[return-value]
+
+
+def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws: Path) -> None:
+    s = script(ws.parent / "s.jsonl", [RAISE_LR, LOWER_LR, CRASH, MISSING, MISSING])
+    code, out = invoke(*loop_args(ws, "--budget", "4", "--script", str(s)))
+    assert code == 0, out
+
+    rows = history(ws)
+    assert [(r["kind"], r["status"]) for r in rows] == [
+        ("baseline", "kept"), ("candidate", "kept"), ("candidate", "discarded"),
+        ("candidate", "crashed"), ("candidate", "rejected")]
+    baseline, kept, discarded, crashed, rejected = rows
+    assert kept["val_bpb"] < baseline["val_bpb"] - 0.5 and kept["delta"] < 0
+    assert discarded["delta"] > 0
+    assert "boom from the candidate" in str(crashed["reason"])
+    assert "THIS LINE DOES NOT EXIST" in str(rejected["reason"]) or "match" in str(
+        rejected["reason"])
+
+    repo = git.Repo(ws / "experiments" / "repo")
+    champion = repo.commit("run/1")
+    assert champion.hexsha == kept["commit"]
+    assert len(list(repo.iter_commits("run/1"))) == 2  # baseline + the one keep
+    assert "LEARNING_RATE = 3e-2" in (champion.tree / "train.py").data_stream.read().decode()
+    # finished worktrees are removed; the diff of every applied experiment stays
+    assert not list((ws / "experiments").glob("*/worktree"))
+    assert "+LEARNING_RATE = 1e-6" in (ws / "experiments" / str(discarded["id"]) /
+                                       "diff.patch").read_text()
+
+    code, out = invoke("--workspace", str(ws), "show", str(crashed["id"]), "--log")
+    assert code == 0 and "boom from the candidate" in out
+    code, out = invoke("--workspace", str(ws), "show", str(kept["id"]), "--diff")
+    assert code == 0 and "+LEARNING_RATE = 3e-2" in out and "seed 1" in out
+    code, out = invoke("--workspace", str(ws), "export", "best")
+    assert code == 0 and "LEARNING_RATE = 3e-2" in out
+    runs = invoke_json("--workspace", str(ws), "runs")
+    assert isinstance(runs, list) and runs[0]["statuses"]["kept"] == 1
+
+    # the repair round trip consumed a second script entry inside the same experiment
+    store = Store(ws / "results.db")
+    assert [c.attempt for c in store.calls(experiment_id=int(str(rejected["id"])))] == [0, 1]
+
+
+def test_replay_reproduces_a_token_budget_result_exactly(ws: Path) -> None:
+    s = script(ws.parent / "s.jsonl", [RAISE_LR])
+    assert invoke(*loop_args(ws, "--budget", "1", "--script", str(s)))[0] == 0
+    kept = history(ws)[1]
+    result = invoke_json("--workspace", str(ws), "replay", str(kept["id"]), "--onto", "baseline")
+    assert isinstance(result, dict)
+    assert result["replay_values"] == result["original_values"]
+    assert result["reproduces"] is True
+
+
+def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_loop_killed_mid_experiment_resumes_with_nothing_lost_or_doubled(ws: Path) -> None:
+    s = script(ws.parent / "s.jsonl", [RAISE_LR, LOWER_LR])
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch",
+                             *loop_args(ws, "--budget", "2", "--script", str(s))],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = ws / "results.db"
+
+    def candidate_running() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
+        if not db.exists():
+            return False
+        exps = Store(db).experiments()
+        return any(e.kind == "candidate" and e.status == ES.running for e in exps)
+
+    _wait_for(candidate_running, "a candidate to start training")
+    # readers work while the loop writes
+    code, out = invoke("--workspace", str(ws), "history")
+    assert code == 0 and "running" in out
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    code, out = invoke(*loop_args(ws, "--resume"))
+    assert code == 0, out
+    rows = history(ws)
+    statuses = [(r["kind"], r["status"]) for r in rows]
+    assert statuses[:2] == [("baseline", "kept"), ("candidate", "interrupted")]
+    counted = [r for r in rows if r["kind"] == "candidate" and r["status"] != "interrupted"]
+    # the interrupted proposal was measured again, then the script went on: nothing lost,
+    # nothing counted twice
+    assert [(r["title"], r["status"]) for r in counted] == [
+        (RAISE_LR["title"], "kept"), (LOWER_LR["title"], "discarded")]
+    assert len({r["id"] for r in rows}) == len(rows)
+    store = Store(db)
+    run = store.runs()[0]
+    assert run.state.value == "finished"
+    # the measurement of the killed experiment was not doubled by the resumed loop
+    interrupted = int(str(rows[1]["id"]))
+    assert len(store.measurements(interrupted)) <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "999"], "no experiment 999"),
+    (["replay", "999"], "no experiment 999"),
+    (["export", "nope"], "experiment id or 'best'"),
+    (["history", "--status", "nonsense"], "unknown status"),
+    (["loop", "--time-budget", "5", "--token-budget", "100"], "not both"),
+    (["loop", "--resume"], "no unfinished run"),
+    (["loop", "--agent", "openai", "--script", "x.json"], "mock agent"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(ws: Path, args: list[str], message: str) -> None:
+    Store(ws / "results.db").close()
+    code, out = invoke("--workspace", str(ws), *args)
+    assert code == 2, out
+    assert message in out and "Traceback" not in out
+
+
+def test_a_missing_workspace_is_exit_2(tmp_path: Path) -> None:
+    code, out = invoke("--workspace", str(tmp_path / "nowhere"), "history")
+    assert code == 2 and "no results database" in out
+    code, out = invoke("--workspace", str(tmp_path), "loop", "--agent", "mock")
+    assert code == 2 and "not a workspace" in out

@@ -1,0 +1,170 @@
+"""measure(): real processes, deadlines, logs, and a metric the training code cannot touch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import runner
+from autoresearch.data import PreparedData
+from autoresearch.errors import UsageError
+from autoresearch.metrics import Budget, Metrics, RunStatus
+
+SOURCES = Path(__file__).parent / "sources"
+TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source
+UNIGRAM_BITS = 4.31  # entropy of the generated corpus's byte frequencies
+
+
+def run_source(source: Path, data: PreparedData, out: Path, **kw: object) -> Metrics:
+    kw = {"budget": TOKENS, "seed": 0, "device": "cpu", **kw}
+    return runner.measure(source=source, data=data.path, out_dir=out, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory: pytest.TempPathFactory,
+           prepared_data: PreparedData) -> tuple[Metrics, Path]:
+    out = tmp_path_factory.mktemp("honest")
+    return run_source(SOURCES / "tiny", prepared_data, out), out
+
+
+def test_tiny_source_learns(honest: tuple[Metrics, Path], prepared_data: PreparedData) -> None:
+    metrics, out = honest
+    assert metrics.status == RunStatus.ok, metrics.error
+    assert metrics.val_bpb is not None and metrics.val_bpb < UNIGRAM_BITS - 0.8
+    assert metrics.causal_ok is True and metrics.error is None
+    assert (metrics.train_tokens, metrics.steps) == (TOKENS.amount, 30)
+    assert (metrics.dataset, metrics.dataset_sha256) == (prepared_data.name,
+                                                         prepared_data.sha256)
+    assert metrics.eval_tokens > 0 and metrics.params > 0 and metrics.torch_version
+    assert Metrics.read(out / "metrics.json") == metrics
+
+
+def test_token_budget_run_is_bit_reproducible(
+    honest: tuple[Metrics, Path], prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    again = run_source(SOURCES / "tiny", prepared_data, tmp_path)
+    assert again.val_bpb == honest[0].val_bpb and again.val_loss == honest[0].val_loss
+
+
+def test_fake_metrics_printed_or_written_change_nothing(
+    honest: tuple[Metrics, Path], prepared_data: PreparedData, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # every temporary folder of the measurement lies next to out/, where the source can guess
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for name in ("adversary", "tiny"):
+        shutil.copytree(SOURCES / name, tmp_path / name)
+    out = tmp_path / "out"
+    metrics = run_source(tmp_path / "adversary", prepared_data, out)
+    assert metrics.status == RunStatus.ok
+    assert metrics.val_bpb == honest[0].val_bpb  # same training, same number: not 0.001
+    assert Metrics.read(out / "metrics.json") == metrics
+    assert "val_bpb 0.001" in (out / "run.log").read_text()  # it did print its fake
+    assert (tmp_path / "metrics.json").exists()  # and it did plant files
+
+
+def test_train_cannot_reach_the_validation_split(
+    make_dataset: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    train_text, val_text = "abcdefgh " * 10_000, "XYZ0123456789\n" * 715  # 90% / 10%
+    data = make_dataset(train_text + val_text[: len(train_text) // 9], "disjoint")  # type: ignore[operator]
+    assert data.train_tokens == len(train_text)
+    found_file = tmp_path / "found.json"
+    monkeypatch.setenv("SNOOP_OUT", str(found_file))
+    metrics = run_source(SOURCES / "snoop", data, tmp_path / "out")
+    assert metrics.status == RunStatus.invalid_model  # it returned no model
+    found = json.loads(found_file.read_text())
+    train_bytes = set(train_text.encode())
+    assert set(found["batch_bytes"]) <= train_bytes
+    assert set(found["reachable_bytes"]) <= train_bytes
+    assert found["files"] == ["meta.json", "train.bin"]
+    assert not any(str(data.path) in arg for arg in found["argv"])
+
+
+def test_crash_is_reported_and_run_log_stays_bounded(
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    metrics = run_source(SOURCES / "noisy", prepared_data, tmp_path)
+    assert metrics.status == RunStatus.crash and metrics.val_bpb is None
+    assert metrics.error is not None
+    assert metrics.error.splitlines()[0] == "RuntimeError: flooded"
+    log = (tmp_path / "run.log").read_text()
+    assert len(log) <= runner.LOG_HEAD + runner.LOG_TAIL + 200  # the flood was ~2 MB
+    assert "FIRST LINE OF THE FLOOD" in log and "LAST LINE OF THE FLOOD" in log
+    assert "bytes cut from the middle of this log" in log
+    assert "== crash" in log  # the runner's summary, at the very end
+
+
+def test_hanging_source_and_its_child_are_killed_at_the_deadline(
+    prepared_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("HANG_PID_FILE", str(pid_file))
+    started = time.monotonic()
+    metrics = run_source(SOURCES / "hang", prepared_data, tmp_path / "out", timeout=12.0)
+    assert metrics.status == RunStatus.timeout and metrics.val_bpb is None
+    assert "hard deadline" in (metrics.error or "")
+    assert time.monotonic() - started < 30
+    pid = int(pid_file.read_text())
+    for _ in range(100):  # the kill is already done; give the kernel a moment to reap
+        if not _alive(pid):
+            break
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split(") ")[-1].startswith("Z"))
+
+
+def test_harness_cli_writes_out_and_exits_non_zero_on_failure(
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    out = tmp_path / "results" / "m.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoresearch.harness", "--source", str(SOURCES / "not_a_model"),
+         "--data", str(prepared_data.path), "--token-budget", "4096", "--seed", "1",
+         "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(runner.__file__).parent.parent)})
+    assert proc.returncode == 1
+    metrics = Metrics.read(out)
+    assert metrics.status == RunStatus.invalid_model and metrics.seed == 1
+    assert "train() returned dict" in proc.stderr
+
+
+def test_measure_never_raises_for_a_bad_job(tmp_path: Path) -> None:
+    metrics = runner.measure(source=SOURCES / "tiny", data=tmp_path / "missing", budget=TOKENS,
+                             seed=0, device="cpu", out_dir=tmp_path / "out")
+    assert metrics.status == RunStatus.crash and "not a prepared dataset" in str(metrics.error)
+    assert Metrics.read(tmp_path / "out" / "metrics.json").status == RunStatus.crash
+
+
+def test_resolve_device() -> None:
+    assert runner.resolve_device("auto") in ("cpu", "cuda", "mps")
+    assert runner.resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(UsageError):
+        runner.resolve_device("tpu")
+
+
+def test_bounded_log_keeps_head_and_tail(tmp_path: Path) -> None:
+    with runner.BoundedLog(tmp_path / "log", head=10, tail=10) as log:
+        for i in range(100):
+            log.write(f"{i:03d}\n".encode())
+    text = (tmp_path / "log").read_text()
+    assert text.startswith("000\n001\n00") and text.endswith("098\n099\n")
+    assert "[... 380 bytes cut" in text
