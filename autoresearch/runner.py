@@ -186,11 +186,11 @@ def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: floa
     assert proc.stdout is not None
     # if this process is killed outright (SIGKILL), a resumed loop finds and ends the group
     pid_file = log.path.parent / PID_FILE
-    pid_file.write_text(str(proc.pid), encoding="utf-8")
-    reader = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
-    reader.start()
     timed_out = False
-    try:
+    try:  # from here on, Ctrl-C or any error still ends the group and removes the pid file
+        pid_file.write_text(str(proc.pid), encoding="utf-8")
+        reader = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
+        reader.start()
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True

@@ -209,3 +209,28 @@ def test_a_missing_workspace_is_exit_2(tmp_path: Path) -> None:
     assert code == 2 and "no results database" in out
     code, out = invoke("--workspace", str(tmp_path), "loop", "--agent", "mock")
     assert code == 2 and "not a workspace" in out
+
+
+def test_ctrl_c_records_what_was_in_flight_and_the_run_resumes(ws: Path) -> None:
+    s = script(ws.parent / "s.jsonl", [RAISE_LR])
+    proc = subprocess.Popen([sys.executable, "-m", "autoresearch",
+                             *loop_args(ws, "--budget", "1", "--script", str(s))],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    db = ws / "results.db"
+
+    def training() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
+        return db.exists() and any(e.status == ES.running for e in Store(db).experiments())
+
+    _wait_for(training, "an experiment to start training")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err.decode()
+    assert "loop --resume" in err.decode()
+    store = Store(db)
+    assert store.runs()[0].state.value == "stopped"
+    statuses = [e.status for e in store.experiments()]
+    assert statuses[-1] == ES.interrupted
+    # no training job outlived the loop
+    assert not list((ws / "experiments").rglob("job.pid"))
