@@ -49,23 +49,24 @@ def load_script(path: Path) -> list[dict[str, object]]:
     return entries
 
 
-# (title, rationale, knob, new value from old) — applied to the first `KNOB = value` line found
+# (title, rationale, knob name pattern, new value from old) — applied to the first line that
+# sets the knob, as a module constant (`LR = 3e-3`) or a preset entry (`    LR=3e-3,`)
 _Knob = tuple[str, str, str, Callable[[float], float]]
 BUILTIN: list[_Knob] = [
     ("Double the learning rate", "The loss curve is still steep at the end of the budget; a "
-     "larger step size may converge faster.", "LEARNING_RATE", lambda v: v * 2),
+     "larger step size may converge faster.", "LEARNING_RATE|LR", lambda v: v * 2),
+    ("One fewer layer", "A shallower model takes more steps in the same time.",
+     "N_LAYER", lambda v: max(1, v - 1)),
     ("Halve the learning rate", "A smaller step may be more stable.",
-     "LEARNING_RATE", lambda v: v / 2),
+     "LEARNING_RATE|LR", lambda v: v / 2),
+    ("Less weight decay", "Short runs underfit; regularisation costs more than it gives.",
+     "WEIGHT_DECAY", lambda v: v / 10),
     ("One more layer", "More depth adds capacity per parameter.", "N_LAYER", lambda v: v + 1),
     ("Wider embeddings", "A wider residual stream learns faster per step.",
      "N_EMBD", lambda v: v * 1.5),
-    ("Less weight decay", "Short runs underfit; regularisation costs more than it gives.",
-     "WEIGHT_DECAY", lambda v: v / 10),
     ("Longer warmup", "A longer warmup avoids early instability.",
-     "WARMUP_FRACTION", lambda v: v * 2),
+     "WARMUP_FRACTION|WARMUP", lambda v: v * 2),
     ("Bigger batch", "A bigger batch gives a less noisy gradient.", "BATCH_SIZE", lambda v: v * 2),
-    ("One fewer layer", "A shallower model takes more steps in the same time.",
-     "N_LAYER", lambda v: max(1, v - 1)),
 ]
 
 
@@ -80,7 +81,8 @@ def builtin_proposal(files: dict[str, str], index: int, path: str = "train.py") 
     source = files.get(path, "")
     applicable = []
     for title, why, knob, fn in BUILTIN:
-        m = re.search(rf"^({knob}\s*=\s*)([-+0-9.eE_]+)", source, flags=re.MULTILINE)
+        m = re.search(rf"^([ \t]*(?:{knob})[ \t]*=[ \t]*)([-+0-9.eE_]+)", source,
+                      flags=re.MULTILINE)
         if m:
             applicable.append((title, why, m, fn))
     if not applicable or index >= len(applicable):
