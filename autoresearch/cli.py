@@ -17,8 +17,9 @@ from rich.console import Console
 
 from autoresearch import data as data_mod
 from autoresearch import report, runner
-from autoresearch.agents import AgentError, make_agent
+from autoresearch.agents import Agent, AgentError, make_agent
 from autoresearch.agents.mock import MockAgent
+from autoresearch.agents.pricing import price_of
 from autoresearch.config import Settings, load_settings
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop import LoopStopped, ResearchLoop
@@ -204,16 +205,24 @@ def loop(
                 run = store.last_unfinished_run()
                 if run is None:
                     raise UsageError("there is no unfinished run to resume")
-                # the run goes on with the settings it started with
-                s = Settings.model_validate_json(run.config).model_copy(
-                    update={"workspace": s.workspace, "db": s.db})
+                # the run goes on with the settings it started with, except what the user
+                # may sensibly change midway: where things are, prices, spending, patience
+                given = {"max_cost": max_cost, "repairs": repairs,
+                         "keep_worktrees": keep_worktrees}
+                overrides = {"workspace": s.workspace, "db": s.db, "prices": s.prices,
+                             **{k: v for k, v in given.items() if v is not None}}
+                s = Settings.model_validate_json(run.config).model_copy(update=overrides)
+                assert run.id is not None
+                store.update_run(run.id, config=s.model_dump_json(exclude={"prices"}))
                 ag = make_agent(run.agent, settings=s, store=store, run=run,
                                 notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                _check_cap(s, ag)
                 lp = ResearchLoop(s, store, ws, ag, reporter)
                 lp.resume(run, budget)
             else:
                 ag = make_agent(s.agent, settings=s, store=store, run=None,
                                 notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                _check_cap(s, ag)
                 lp = ResearchLoop(s, store, ws, ag, reporter)
                 lp.start(budget if budget is not None else 20)
             try:
@@ -346,6 +355,14 @@ def export(
         else:
             out_path.write_text(text, encoding="utf-8")
             err.print(f"wrote {out_path}", markup=False)
+
+
+def _check_cap(s: Settings, agent: Agent) -> None:
+    if s.max_cost is not None and agent.name in ("anthropic", "openai") and (
+            price_of(agent.model, s.prices) is None):
+        raise UsageError(f"--max-cost needs a price for model {agent.model!r}; add it under "
+                         "[tool.autoresearch.prices] as \"model\" = [USD per M input tokens, "
+                         "USD per M output tokens]")
 
 
 def _no_agent() -> MockAgent:

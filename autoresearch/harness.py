@@ -266,7 +266,7 @@ def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
     from torch.export.graph_signature import InputKind, OutputKind
 
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
-    model.eval()
+    model.to(device).eval()
     example = torch.zeros((batch, seq_len), dtype=torch.long, device=device)
     try:
         program = torch.export.export(_LogitsOnly(model), (example,))
@@ -360,8 +360,9 @@ class GraphModel:
         if len(inputs) != 1:
             raise InvalidModel(f"the exported model takes {len(inputs)} inputs, expected 1")
         self.input_shape = tuple(inputs[0]["shape"])
-        params = [self.tensors[n["name"]] for n in self.nodes if n.get("param")]
-        self.params = sum(p.numel() for p in {id(p): p for p in params}.values())
+        params = {_storage_key(self.tensors[n["name"]]): self.tensors[n["name"]].numel()
+                  for n in self.nodes if n.get("param")}
+        self.params = sum(params.values())  # tied weights count once
         # free every intermediate after its last use: activations of big graphs add up
         last: dict[str, int] = {}
         for i, node in enumerate(self.nodes):
@@ -391,6 +392,10 @@ class GraphModel:
             for name in self.free_after.get(i, ()):
                 env.pop(name, None)
         raise InvalidModel("the exported graph has no output")
+
+
+def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
+    return t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape)
 
 
 def _resolve(target: str) -> Callable[..., Any]:

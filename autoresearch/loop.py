@@ -169,7 +169,6 @@ class ResearchLoop:
             if self.run.champion_experiment_id is None:
                 self.measure_baseline()
             while self.store.count_candidates(run_id) < self.run.experiments_planned:
-                self.check_cost()
                 try:
                     self.iteration()
                 except AgentExhausted as e:
@@ -189,21 +188,16 @@ class ResearchLoop:
         return self.run
 
     def check_cost(self) -> None:
+        """Stop cleanly before the next agent call could cross ``--max-cost``."""
         cap = self.settings.max_cost
         if cap is None:
             return
         assert self.run is not None and self.run.id is not None
-        calls = self.store.calls(run_id=self.run.id)
-        spent = sum(c.cost_usd or 0.0 for c in calls)
-        per_experiment: dict[int | None, float] = {}
-        for c in calls:
-            per_experiment[c.experiment_id] = per_experiment.get(c.experiment_id, 0.0) + (
-                c.cost_usd or 0.0)
-        # the next experiment is assumed to cost as much as the dearest one so far
-        next_cost = max(per_experiment.values(), default=0.0)
-        if spent + next_cost > cap:
-            raise LoopStopped(f"cost cap reached: ${spent:.4f} spent, the next experiment "
-                              f"would cost about ${next_cost:.4f}, cap ${cap:.4f}")
+        spent, dearest = self.store.spending(self.run.id)
+        # the next call is assumed to cost as much as the dearest one so far
+        if spent + dearest > cap:
+            raise LoopStopped(f"cost cap reached: ${spent:.4f} spent, the next call would cost "
+                              f"about ${dearest:.4f}, cap ${cap:.4f}")
 
     # -- the baseline -------------------------------------------------------------------------
     def measure_baseline(self) -> None:
@@ -274,6 +268,7 @@ class ResearchLoop:
         """The agent's first answer; a failed call is recorded as a rejected experiment."""
         assert self.run is not None and self.run.id is not None
         run = self.run
+        self.check_cost()
         try:
             return self.agent.propose(context)
         except AgentFatal as e:
@@ -311,6 +306,7 @@ class ResearchLoop:
                                                        if answer.proposal else ""),
                 })
                 self.reporter.phase(exp_id, 0, "repair", f"repair {attempt}: {last.reason}")
+                self.check_cost()
                 try:
                     answer = self.agent.propose(context)
                 except AgentError as e:  # AgentFatal too: record its calls, then it propagates
@@ -523,7 +519,7 @@ class ResearchLoop:
         """Ctrl-C or an agent that cannot go on: record the experiment as interrupted."""
         try:
             yield
-        except (KeyboardInterrupt, AgentFatal) as e:
+        except (KeyboardInterrupt, AgentFatal, LoopStopped) as e:
             exp = self.store.get_experiment(exp_id)
             if exp is not None and exp.status not in (ES.kept, ES.discarded, ES.rejected,
                                                        ES.crashed, ES.timeout, ES.invalid,

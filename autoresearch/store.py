@@ -391,6 +391,15 @@ class Store:
                  .group_by(col(AgentCall.experiment_id)))
             return {int(e or 0): (float(k or 0.0), int(u or 0)) for e, k, u in s.exec(q)}
 
+    def spending(self, run_id: int) -> tuple[float, float]:
+        """(known USD spent by a run's agent calls, the dearest single call)."""
+        with self._tx() as s:
+            q = select(func.coalesce(func.sum(AgentCall.cost_usd), 0.0),
+                       func.coalesce(func.max(AgentCall.cost_usd), 0.0)
+                       ).where(AgentCall.run_id == run_id)
+            total, dearest = s.exec(q).one()
+            return float(total or 0.0), float(dearest or 0.0)
+
     def run_cost(self, run_id: int) -> tuple[float, int, int]:
         """(known cost in USD, calls with unknown cost, all calls) for a run."""
         known = func.coalesce(func.sum(AgentCall.cost_usd), 0.0)

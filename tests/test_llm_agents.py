@@ -204,7 +204,7 @@ def test_rate_limit_then_success_is_retried(provider: str, server: FakeLLMServer
     assert len(server.requests) == 2
     failed, ok = answer.calls
     assert failed.error is not None and "HTTP 429" in failed.error and "slow down" in failed.error
-    assert failed.cost_usd is None and failed.input_tokens is None
+    assert failed.cost_usd == 0.0 and failed.input_tokens is None
     assert ok.error is None and ok.raw == ANSWER
     assert sleeps == [0.5]
 

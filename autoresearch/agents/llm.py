@@ -159,6 +159,8 @@ class LLMAgent:
                 record.latency_s = time.monotonic() - started
                 reason, delay = self._classify(exc)
                 record.error = reason
+                if isinstance(exc, self._status_types()):
+                    record.cost_usd = 0.0  # the provider answered with an error: nothing billed
                 if delay is None:
                     raise AgentFatal(f"{self.name} ({self.model}): {reason}", calls) from None
                 if attempt + 1 == attempts:
