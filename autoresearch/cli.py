@@ -33,7 +33,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Automated ML research on a nanoGPT training script, with a trusted harness.",
 )
-out = Console(highlight=False, soft_wrap=True)
+# tables are not squeezed to 80 columns when the output goes to a file or a pipe
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

@@ -223,7 +223,7 @@ class ResearchLoop:
             )
         mean = statistics.fmean(values.values())
         noise = statistics.stdev(values.values()) if len(values) > 1 else None
-        self.store.transition(exp.id, ES.measured, val_bpb=mean)
+        self.store.transition(exp.id, ES.measured, val_bpb=mean, seconds=self._seconds(exp.id))
         done = self.store.transition(
             exp.id, ES.kept, delta=0.0, champion_bpb=mean,
             reason=f"baseline: {mean:.4f} ± {noise or 0:.4f} over {len(values)} seeds",

@@ -115,7 +115,8 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
     for r in rows:
         d = run_dict(store, r)
         done = sum(d["statuses"].values()) - d["statuses"].get("interrupted", 0)
-        t.add_row(str(r.id), r.tag or "", d["state"], f"{r.agent} {r.model}".strip(),
+        agent = r.agent if r.agent == "mock" else f"{r.agent} {r.model}"
+        t.add_row(str(r.id), r.tag or "", d["state"], agent,
                   d["budget"], f"{done}/{r.experiments_planned}",
                   str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
                   _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]))
@@ -127,7 +128,7 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
 def experiment_text(store: Store, e: Experiment) -> str:
     d = experiment_dict(store, e, full=True)
     lines = [f"experiment {e.id} (run {e.run_id}, {e.kind} #{e.seq}): {e.title}",
-             f"status   {e.status.value}: {e.reason}"]
+             f"status   {e.status.value}", f"reason   {e.reason}"]
     if e.replay_of:
         lines.append(f"replay of experiment {e.replay_of}")
     if e.rationale:
@@ -141,11 +142,10 @@ def experiment_text(store: Store, e: Experiment) -> str:
                      f"steps {m['steps']}  tokens {m['train_tokens']:,}  "
                      f"{m['total_seconds']:.1f}s{extra}")
     dec = d["decision"]
-    if dec and e.kind == "candidate":
-        lines.append(f"decision {dec.get('verdict', '?')}: {dec.get('reason', '')}")
-        ev = dec.get("evidence") or {}
-        for k, v in ev.items():
-            lines.append(f"  {k}: {v}")
+    if dec and e.kind != "baseline":
+        lines.append(f"evidence ({dec.get('verdict') or 'reproduction'}):")
+        for k, v in (dec.get("evidence") or {}).items():
+            lines.append(f"  {k}: {_short(v)}")
     calls = d["agent_calls"]
     if calls:
         known, unknown = store.costs([e.id or 0]).get(e.id or 0, (0.0, 0))
@@ -157,6 +157,15 @@ def experiment_text(store: Store, e: Experiment) -> str:
             if c["error"]:
                 lines.append(f"  attempt {c['attempt']}: {c['error'].splitlines()[0][:160]}")
     return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    """Evidence values for people: floats to 4 decimals, lists of them too."""
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.4f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(_short(x) for x in v) + "]"
+    return str(v)
 
 
 def logs(workspace: Path, e: Experiment) -> dict[str, str]:
