@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
+import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -17,7 +19,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Column, Text, event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
@@ -210,15 +212,13 @@ class Store:
             session.close()
 
     def _create_tables(self) -> None:
-        # two processes opening a new file at once (a loop and a reader) race on CREATE TABLE;
-        # the loser finds the tables made and simply goes on
-        for attempt in range(3):
-            try:
-                SQLModel.metadata.create_all(self.engine)
-                return
-            except OperationalError as e:
-                if "already exists" not in str(e) or attempt == 2:
-                    raise
+        # two processes opening a new file at once (a loop and a reader) would race on
+        # CREATE TABLE; an IMMEDIATE transaction takes the write lock first, so the second
+        # waits (busy timeout) and then finds every table already made
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            SQLModel.metadata.create_all(conn)
+            conn.commit()
 
     def _check_schema(self) -> None:
         with self.engine.begin() as conn:
@@ -412,7 +412,23 @@ class Store:
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
+    _use_wal(cur)
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _use_wal(cur: Any) -> None:
+    """Switch the file to WAL (persistent, so usually already done). SQLite answers "database
+    is locked" at once, without its busy handler, when two connections switch a new file
+    together; the loser waits a little and finds the switch made."""
+    for attempt in range(50):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or attempt == 49:
+                raise
+            time.sleep(0.02 * (1 + attempt % 5))

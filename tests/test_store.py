@@ -90,3 +90,23 @@ def test_a_file_store_uses_wal(tmp_path: Path) -> None:
     Store(path).close()
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def _open_store(path: str) -> None:
+    Store(Path(path)).close()
+
+
+def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    # a loop and `history` started together both create the tables; neither may fail
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for i in range(4):
+        path = str(tmp_path / f"r{i}.db")
+        procs = [ctx.Process(target=_open_store, args=(path,)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+        assert Store(Path(path)).last_unfinished_run() is None
