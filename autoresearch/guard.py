@@ -100,6 +100,10 @@ RULES: tuple[Rule, ...] = (
          "(_underscore) attributes",
          "`run` is the harness's interface: read run.device, run.seed, run.vocab_size, "
          "run.seq_len and call run.get_batch, run.time_left, run.tokens_left, run.log."),
+    Rule("private", "private (_underscore) modules and functions of torch and numpy, beyond "
+         "torch._dynamo, torch._inductor.config, torch._functorch.config and torch._foreach_*",
+         "they are internals the other rules cannot vouch for: several of them read files or "
+         "run commands. Use the public API."),
     Rule("dunder", "dunder attributes and names beyond __init__, __name__, __qualname__, "
          "__class__, __doc__, __version__ (e.g. __dict__, __subclasses__, __globals__, "
          "__builtins__, __file__)",
@@ -137,6 +141,7 @@ DENIED: dict[str, str] = {
     "torch.export.load": "file", "torch.package": "file",
     "torch.cuda.memory._dump_snapshot": "file",
     "torch.profiler.tensorboard_trace_handler": "file",
+    "numpy.rec.fromfile": "file", "numpy.core.records.fromfile": "file",
     "numpy.load": "file", "numpy.save": "file", "numpy.savez": "file",
     "numpy.savez_compressed": "file", "numpy.loadtxt": "file", "numpy.savetxt": "file",
     "numpy.genfromtxt": "file", "numpy.fromfile": "file", "numpy.fromregex": "file",
@@ -149,6 +154,7 @@ DENIED: dict[str, str] = {
     "subprocess": "process", "pty": "process", "pexpect": "process", "sh": "process",
     "resource": "process", "platform": "process", "pdb": "process", "webbrowser": "process",
     "posix": "process", "nt": "process", "numpy.f2py": "process", "numpy.distutils": "process",
+    "torch.utils.collect_env": "process", "torch.testing": "process",
     # network
     "socket": "network", "_socket": "network", "ssl": "network", "urllib": "network",
     "urllib3": "network", "http": "network", "requests": "network", "httpx": "network",
@@ -207,7 +213,9 @@ ATTR_FUNCS = frozenset({"getattr", "setattr", "delattr", "hasattr"})
 
 # Attribute names flagged on any object.
 ATTRS: dict[str, str] = {
-    "tofile": "file", "from_file": "file", "export_chrome_trace": "file",
+    "tofile": "file", "from_file": "file", "fromfile": "file", "dump": "file",
+    "savetxt": "file", "loadtxt": "file", "genfromtxt": "file", "fromregex": "file",
+    "export_chrome_trace": "file",
     "export_stacks": "file", "export_memory_timeline": "file", "load_library": "native",
     "tb_frame": "harness", "tb_next": "harness", "f_back": "harness", "f_globals": "harness",
     "f_locals": "harness", "f_builtins": "harness", "f_code": "harness", "gi_frame": "harness",
@@ -215,6 +223,13 @@ ATTRS: dict[str, str] = {
     "ag_code": "harness", "co_code": "harness", "co_consts": "harness",
 }
 ATTR_PREFIXES: dict[str, str] = {"register_module_": "monkeypatch"}
+
+# Private parts of torch and numpy that training code does use (performance flags, the
+# foreach kernels of hand-written optimizers); any other _underscore segment breaks "private".
+PRIVATE_OK: tuple[str, ...] = (
+    "torch._dynamo", "torch._inductor.config", "torch._functorch.config", "torch._foreach_",
+)
+PRIVATE_ROOTS = frozenset({"torch", "numpy"})
 
 SEED_CALLS = frozenset({
     "manual_seed", "manual_seed_all", "seed", "seed_all", "set_rng_state", "set_rng_state_all",
@@ -259,7 +274,15 @@ def classify(qualname: str) -> str | None:
             hit = qualname == key or qualname.startswith(key + ".")
         if hit and (best is None or len(key) > best[0]):
             best = (len(key), rule)
-    return best[1] if best else None
+    if best:
+        return best[1]
+    if parts[0] in PRIVATE_ROOTS and any(
+        seg.startswith("_") and not _dunder(seg) for seg in parts[1:]
+    ) and not qualname.startswith(PRIVATE_OK) and not any(
+        ok.startswith(qualname + ".") for ok in PRIVATE_OK  # torch._inductor on the way
+    ):
+        return "private"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,6 +336,7 @@ class _Checker(ast.NodeVisitor):
         self.bindings: dict[str, str] = {}  # local name -> qualified name it stands for
         self.modules: set[str] = set()  # names bound by `import x` (certainly modules)
         self.run_names: set[str] = {"run"}
+        self.class_names: set[str] = set()  # names bound to type(x) or x.__class__
         self.strings: dict[str, str] = {}  # module-level NAME = "constant"
         self.parents: dict[ast.AST, ast.AST] = {}
         self._prepare(tree)
@@ -346,12 +370,24 @@ class _Checker(ast.NodeVisitor):
                     and isinstance(stmt.value, ast.Constant)
                     and isinstance(stmt.value.value, str)):
                 self.strings[stmt.targets[0].id] = stmt.value.value
-        # simple aliases (F = torch.nn.functional, r = run), to a fixed point
+        defs = {node.name: [a.arg for a in node.args.posonlyargs + node.args.args]
+                for node in ast.walk(tree)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        # simple aliases (F = torch.nn.functional, r = run, a helper's parameter that is given
+        # run, cls = type(x)), to a fixed point
         changed = True
         while changed:
             changed = False
             for node in ast.walk(tree):
+                if isinstance(node, ast.Call):
+                    for param in self._params_given_run(node, defs):
+                        if param not in self.run_names:
+                            self.run_names.add(param)
+                            changed = True
                 for target, value in self._alias_pairs(node):
+                    if self._is_class_of(value) and target not in self.class_names:
+                        self.class_names.add(target)
+                        changed = True
                     if isinstance(value, ast.Name) and value.id in self.run_names:
                         if target not in self.run_names:
                             self.run_names.add(target)
@@ -364,8 +400,44 @@ class _Checker(ast.NodeVisitor):
                             self.modules.add(target)
                         changed = True
 
-    @staticmethod
-    def _alias_pairs(node: ast.AST) -> list[tuple[str, ast.expr]]:
+    def _params_given_run(self, call: ast.Call, defs: dict[str, list[str]]) -> list[str]:
+        """Parameters of a function defined in the file that a call hands ``run`` to."""
+        func = call.func
+        name = func.id if isinstance(func, ast.Name) else (
+            func.attr if isinstance(func, ast.Attribute) else None)
+        params = defs.get(name or "")
+        if params is None:
+            return []
+        if isinstance(func, ast.Attribute) and params[:1] == ["self"]:
+            params = params[1:]
+        found = [params[i] for i, a in enumerate(call.args)
+                 if i < len(params) and isinstance(a, ast.Name) and a.id in self.run_names]
+        found += [k.arg for k in call.keywords
+                  if k.arg in params and isinstance(k.value, ast.Name)
+                  and k.value.id in self.run_names]
+        return found
+
+    def _is_class_of(self, node: ast.AST) -> bool:
+        """``type(x)``, ``x.__class__`` or a name bound to one of them."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and (
+            node.func.id == "type" and len(node.args) == 1
+        ):
+            return True
+        if isinstance(node, ast.Attribute) and node.attr == "__class__":
+            return True
+        return isinstance(node, ast.Name) and node.id in self.class_names
+
+    def _alias_pairs(self, node: ast.AST) -> list[tuple[str, ast.expr]]:
+        if (isinstance(node, ast.For) and isinstance(node.target, ast.Name)
+                and isinstance(node.iter, (ast.Tuple, ast.List, ast.Set))
+                and node.target.id not in self.bindings):
+            # `for m in (torch.nn.functional, ...)`: m stands for the first thing that may
+            # not be patched (a module attribute assignment through m is then reported)
+            for elt in node.iter.elts:
+                qual = self._qualname(elt)
+                if qual is not None and not qual.startswith(PATCHABLE):
+                    return [(node.target.id, elt)]
+            return []
         if isinstance(node, ast.Assign):
             return [(t.id, node.value) for t in node.targets if isinstance(t, ast.Name)]
         if (isinstance(node, (ast.AnnAssign, ast.NamedExpr)) and node.value is not None
@@ -431,6 +503,9 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         name = node.id
         parent = self.parents.get(node)
+        if name in self.run_names and not self._run_use_ok(node, parent):
+            self.flag(node, "run", "run may only be read as run.<attribute>, passed to a "
+                      "function, or given another name")
         if name in self.bindings:
             if name in self.modules and not self._module_use_ok(node, parent):
                 self.flag(node, "dynamic", f"module {self.bindings[name]} used as a value")
@@ -443,6 +518,22 @@ class _Checker(ast.NodeVisitor):
             ok = DUNDER_STORES_OK if isinstance(node.ctx, ast.Store) else DUNDER_NAMES_OK
             if name not in ok:
                 self.flag(node, "dynamic" if name == "__builtins__" else "dunder")
+
+    def _run_use_ok(self, node: ast.Name, parent: ast.AST | None) -> bool:
+        if isinstance(node.ctx, (ast.Store, ast.Del)):
+            return True  # rebinding the name (store into run's attributes is checked apart)
+        if isinstance(parent, ast.Attribute) and parent.value is node:
+            return True
+        if isinstance(parent, ast.keyword):
+            return True
+        if isinstance(parent, ast.Call) and node in parent.args:
+            func = parent.func
+            return not (isinstance(func, ast.Name) and func.id in ("type", "id", "vars", "dir"))
+        if isinstance(parent, (ast.Assign, ast.AnnAssign, ast.NamedExpr)) and (
+            parent.value is node
+        ):
+            return True  # an alias, tracked by the pre-pass
+        return isinstance(parent, ast.Compare | ast.Return)
 
     def _module_use_ok(self, node: ast.Name, parent: ast.AST | None) -> bool:
         if isinstance(parent, ast.Attribute) and parent.value is node:
@@ -477,10 +568,9 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, denied, qual)
             elif store and isinstance(root, ast.Name) and not qual.startswith(PATCHABLE):
                 self.flag(node, "monkeypatch", f"assignment to {qual}")
-        elif store and isinstance(root, ast.Call) and isinstance(root.func, ast.Name) and (
-            root.func.id == "type"
-        ):
-            self.flag(node, "monkeypatch", "assignment to a class reached through type()")
+        elif store and self._through_a_class(obj):
+            self.flag(node, "monkeypatch", "assignment to a class reached through type() or "
+                      "__class__")
         if attr in ATTRS:
             self.flag(node, ATTRS[attr])
         for prefix, rule in ATTR_PREFIXES.items():
@@ -488,6 +578,17 @@ class _Checker(ast.NodeVisitor):
                 self.flag(node, rule)
         if _dunder(attr) and attr not in DUNDER_ATTRS_OK:
             self.flag(node, "dynamic" if attr in ("__builtins__", "__import__") else "dunder")
+
+    def _through_a_class(self, obj: ast.AST) -> bool:
+        while True:
+            if self._is_class_of(obj):
+                return True
+            if isinstance(obj, (ast.Attribute, ast.Subscript, ast.Starred)):
+                obj = obj.value
+            elif isinstance(obj, ast.Call):
+                obj = obj.func
+            else:
+                return False
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         store = isinstance(node.ctx, (ast.Store, ast.Del))

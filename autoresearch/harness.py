@@ -112,10 +112,12 @@ class Run:
             self._check_setup()
             self._t_first = time.monotonic()
         n = batch_size * seq_len
-        if self._budget.kind == "tokens" and n > self.tokens_left():
+        # the counters themselves, not tokens_left(): a method on the class can be replaced
+        left = self._budget.amount - self.tokens
+        if self._budget.kind == "tokens" and n > left:
             raise BudgetExhausted(
                 f"get_batch({batch_size}, {seq_len}) refused: {n:,} tokens asked, "
-                f"{int(self.tokens_left()):,} left of the {self._budget.describe()} budget"
+                f"{int(left):,} left of the {self._budget.describe()} budget"
             )
         if self._budget.kind == "time" and -self.time_left() > self._grace():
             raise self._fail(BudgetExhausted(
@@ -170,6 +172,9 @@ class Run:
             self._check_setup()
         if self.failure is not None:
             raise self.failure
+        if self._budget.kind == "tokens" and self.tokens > self._budget.amount:
+            raise BudgetExhausted(f"train() drew {self.tokens:,} tokens; the budget is "
+                                  f"{self._budget.describe()}")
         if self._budget.kind == "time" and -self.time_left() > self._grace():
             raise BudgetExhausted(
                 f"train() returned {self.seconds():.1f} s after its first batch; the budget "
@@ -227,9 +232,12 @@ def train_phase(args: argparse.Namespace) -> int:
         if not isinstance(model, torch.nn.Module):
             raise InvalidModel(f"train() returned {type(model).__name__}, expected a "
                                "torch.nn.Module")
+        model = _unwrap(model)
+        weights = snapshot(model)  # before any method of the model runs again
         t0 = time.monotonic()
         batch, _ = eval_plan(args.device)
-        export_model(model, Path(args.artifact), batch, args.seq_len, args.device)
+        export_model(model, Path(args.artifact), batch, args.seq_len, args.device,
+                     expect=weights)
         report.export_seconds = time.monotonic() - t0
         report.status = RunStatus.ok
     except (Exception, SystemExit) as e:  # agent code may raise anything, sys.exit included
@@ -260,12 +268,30 @@ class _LogitsOnly(torch.nn.Module):
         return out[0] if isinstance(out, tuple | list) else out
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a torch.compile wrapper, read without calling the model's code."""
+    inner = vars(model).get("_modules", {}).get("_orig_mod")
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the parameters and buffers (persistent or not) as train() returned them,
+    read with ``nn.Module``'s own methods, not overrides the model may define."""
+    named = [*torch.nn.Module.named_parameters(model, remove_duplicate=False),
+             *torch.nn.Module.named_buffers(model, remove_duplicate=False)]
+    return {name: t.detach().to("cpu", copy=True) for name, t in named}
+
+
 def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
-                 device: str) -> None:
-    """torch.export the model on a fixed (batch, seq_len) input and save its aten graph."""
+                 device: str, expect: dict[str, torch.Tensor] | None = None) -> None:
+    """torch.export the model on a fixed (batch, seq_len) input and save its aten graph.
+
+    With ``expect`` (a :func:`snapshot`), the exported parameters and buffers must equal it:
+    a model that trains on inside ``eval()`` or during tracing, after the clock stopped, is
+    refused."""
     from torch.export.graph_signature import InputKind, OutputKind
 
-    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    model = _unwrap(model)
     model.to(device).eval()
     example = torch.zeros((batch, seq_len), dtype=torch.long, device=device)
     try:
@@ -291,6 +317,8 @@ def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
                 raise InvalidModel(f"the exported model has an input of kind {spec.kind.name}")
             value = program.state_dict.get(spec.target)
             value = program.constants[spec.target] if value is None else value
+            if expect is not None and spec.kind != InputKind.CONSTANT_TENSOR:
+                _same_weights(str(spec.target), value, expect)
             tensors[node.name] = value.detach()
             nodes.append({"op": "tensor", "name": node.name,
                           "param": spec.kind == InputKind.PARAMETER})
@@ -304,6 +332,23 @@ def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
             raise InvalidModel(f"the exported graph has a {node.op} node ({node.target})")
     torch.save({"format": ARTIFACT_FORMAT, "graph": json.dumps(nodes), "tensors": tensors},
                path)
+
+
+def _same_weights(name: str, value: torch.Tensor, expect: dict[str, torch.Tensor]) -> None:
+    before = expect.get(name.removeprefix("model."))  # _LogitsOnly adds "model."
+    if before is None:
+        raise InvalidModel(f"the exported model has a tensor {name!r} that was not in the model "
+                           "train() returned")
+    after = value.detach().to("cpu")
+    if after.shape != before.shape or not _equal(after, before):
+        raise InvalidModel(f"the model's weights changed after train() returned ({name!r}, in "
+                           "eval() or forward): training ends when train() returns")
+
+
+def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.is_floating_point() and b.is_floating_point():
+        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
+    return bool(torch.equal(a, b))
 
 
 def _target(target: Any) -> str:

@@ -105,6 +105,7 @@ def measure(
         # nor write into it
         shutil.copyfile(data / "train.bin", train_data / "train.bin")
         shutil.copyfile(data / "meta.json", train_data / "meta.json")
+        train_env = _training_env(env, scratch)
         deadline = timeout if timeout is not None else _train_deadline(budget, setup_cap)
         code, timed_out = run_process(
             [sys.executable, "-m", "autoresearch.harness", "--phase", "train",
@@ -112,7 +113,7 @@ def measure(
              *budget.cli_args(), "--seed", str(seed), "--device", device,
              "--seq-len", str(seq_len), "--setup-cap", f"{setup_cap:g}",
              "--artifact", str(scratch / "model.pt"), "--report", str(scratch / "report.json")],
-            cwd=scratch, env=env, timeout=deadline, log=log)
+            cwd=scratch, env=train_env, timeout=deadline, log=log)
         train = _read(scratch / "report.json", TrainReport)
         if train is not None:
             metrics.steps, metrics.train_tokens = train.steps, train.train_tokens
@@ -300,6 +301,21 @@ def _child_env(gpu: str | None) -> dict[str, str]:
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     return env
+
+
+def _training_env(env: dict[str, str], scratch: Path) -> dict[str, str]:
+    """The training process's environment: none of our settings (they name the dataset cache
+    and the workspace), and a HOME in its scratch folder, so that the usual places to look
+    (~/.cache/autoresearch, the shell history, dotfiles) lead nowhere. The compiler caches keep
+    their usual homes: rebuilding them for every experiment would waste minutes of GPU time."""
+    train_env = {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
+    home = scratch / "home"
+    home.mkdir(exist_ok=True)
+    real_home = Path.home()
+    train_env.setdefault("TRITON_CACHE_DIR", str(real_home / ".triton" / "cache"))
+    train_env["HOME"] = str(home)
+    train_env["XDG_CACHE_HOME"] = str(home / ".cache")
+    return train_env
 
 
 def _read(path: Path, model: type[_M]) -> _M | None:

@@ -161,8 +161,6 @@ def rule_of(source: str) -> str:
 
 def test_the_unmodified_baseline_passes() -> None:
     baseline = ROOT / "baseline" / "train.py"
-    if not baseline.exists():
-        pytest.skip("baseline/train.py not written yet")
     check_source("train.py", baseline.read_text())
 
 
@@ -194,6 +192,13 @@ def test_a_realistic_cuda_training_script_passes() -> None:
         "try:\n    pass\nexcept (ValueError, RuntimeError):\n    pass",
         "class B:\n    def __init__(self, run):\n        self.run = run\n    def left(self):\n"
         "        return self.run.time_left()",
+        "import torch\ntorch._foreach_mul_(params, 0.9)",
+        "import torch\ntorch._inductor.config.coordinate_descent_tuning = True",
+        "def step(r, model):\n    return r.get_batch(8, 32)\n\ndef train(run):\n"
+        "    step(run, None)\n    step(model=None, r=run)",
+        "def train(run):\n    if run is None:\n        return None",
+        "import torch\nfor dtype in (torch.float32, torch.bfloat16):\n    x = dtype",
+        "import torch\nfor flags in (torch.backends.cudnn,):\n    flags.benchmark = True",
     ],
 )
 def test_ordinary_code_passes(source: str) -> None:
@@ -368,6 +373,19 @@ FORBIDDEN: list[tuple[str, str]] = [
     ("import einops", "import"),
     # syntax
     ("def train(run)\n    return None", "syntax"),
+    # ways around the tables that the adversarial suite found (tests/adversarial)
+    ("import torch.utils.collect_env as e\ne.run('ls')", "process"),
+    ("import numpy as np\nf = np.lib._datasource.open('/x', 'rb')", "private"),
+    ("import torch\ntorch.jit._serialization.save(m, 'm.pt')", "private"),
+    ("from numpy.lib import _npyio_impl", "private"),
+    ("import numpy as np\na = np.rec.fromfile('/x', formats='u1')", "file"),
+    ("a.dump('metrics.json')", "file"),
+    ("def peek(r):\n    return r._data\n\ndef train(run):\n    return peek(run)", "run"),
+    ("def train(run):\n    box = [run]", "run"),
+    ("def train(run):\n    cls = type(run)", "run"),
+    ("cls = type(x)\ncls.forward = None", "monkeypatch"),
+    ("t.__class__.log_softmax = None", "monkeypatch"),
+    ("import torch\nfor f in (torch.nn.functional,):\n    f.cross_entropy = None", "monkeypatch"),
 ]
 
 
@@ -433,8 +451,6 @@ def test_every_table_entry_names_a_documented_rule() -> None:
 
 def test_the_docs_mirror_the_rule_table() -> None:
     doc = ROOT / "docs" / "integrity.md"
-    if not doc.exists():
-        pytest.skip("docs/integrity.md not written yet")
     text = doc.read_text()
     missing = [r.id for r in guard.RULES if f"`{r.id}`" not in text]
     assert not missing, f"docs/integrity.md does not list rule(s) {missing}"

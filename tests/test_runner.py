@@ -80,6 +80,7 @@ def test_train_cannot_reach_the_validation_split(
     assert data.train_tokens == len(train_text)
     found_file = tmp_path / "found.json"
     monkeypatch.setenv("SNOOP_OUT", str(found_file))
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(data.path.parent))  # where the split lives
     metrics = run_source(SOURCES / "snoop", data, tmp_path / "out")
     assert metrics.status == RunStatus.invalid_model  # it returned no model
     found = json.loads(found_file.read_text())
@@ -88,6 +89,9 @@ def test_train_cannot_reach_the_validation_split(
     assert set(found["reachable_bytes"]) <= train_bytes
     assert found["files"] == ["meta.json", "train.bin"]
     assert not any(str(data.path) in arg for arg in found["argv"])
+    # no variable names the dataset cache, and ~ is an empty folder in its scratch space
+    assert found["our_settings"] == []
+    assert found["home"] != str(Path.home()) and found["home"].startswith(found["cwd"])
 
 
 def test_crash_is_reported_and_run_log_stays_bounded(

@@ -42,6 +42,9 @@ def train(run):
         "files": sorted(p.name for p in data_dir.iterdir()),
         "argv": sys.argv,
         "run_attributes": sorted(vars(run)),
+        "our_settings": sorted(k for k in os.environ if k.startswith("AUTORESEARCH_")),
+        "home": os.environ.get("HOME"),
+        "cwd": os.getcwd(),
     }
     Path(os.environ["SNOOP_OUT"]).write_text(json.dumps(found))
     return None
