@@ -66,7 +66,8 @@ BUILTIN: list[_Knob] = [
      "N_EMBD", lambda v: v * 1.5),
     ("Longer warmup", "A longer warmup avoids early instability.",
      "WARMUP_FRACTION|WARMUP", lambda v: v * 2),
-    ("Bigger batch", "A bigger batch gives a less noisy gradient.", "BATCH_SIZE", lambda v: v * 2),
+    ("Bigger batch", "A bigger batch gives a less noisy gradient.", "BATCH_TOKENS|BATCH_SIZE",
+     lambda v: v * 2),
 ]
 
 
