@@ -66,7 +66,8 @@ LOG_EVERY = 50  # steps between progress lines
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding: rotate channel pairs by an angle that grows with position."""
     a, b = x.chunk(2, dim=-1)
-    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    # the angles are fp32 buffers; under bf16 autocast q and k go back to bf16 like v
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1).type_as(x)
 
 
 class CausalSelfAttention(nn.Module):

@@ -47,36 +47,12 @@ from autoresearch.progress import PlainReporter
 from autoresearch.store import ExperimentStatus, Store
 from autoresearch.workspace import Workspace, init_workspace
 
-SOURCE = '''"""A bigram model, still learning when its budget ends."""
-
-import torch
-from torch import nn
-
-LEARNING_RATE = 3e-3
-BATCH_SIZE = 16
-SEQ_LEN = 64
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab_size: int) -> None:
-        super().__init__()
-        self.table = nn.Embedding(vocab_size, vocab_size)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.table(idx)
-
-
-def train(run):
-    model = Bigram(run.vocab_size).to(run.device)
-    opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    while run.tokens_left() >= BATCH_SIZE * SEQ_LEN and run.time_left() > 0:
-        x, y = run.get_batch(BATCH_SIZE, SEQ_LEN)
-        loss = nn.functional.cross_entropy(model(x).view(-1, run.vocab_size), y.view(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-'''
+ROOT = Path(__file__).resolve().parents[1]
+# the loop tests' bigram model, with a learning rate at which it still learns when the budget
+# ends, so the noise is that of a real (if tiny) training run
+SOURCE = (ROOT / "tests" / "loop_source" / "train.py").read_text(encoding="utf-8")
+for _knob, _value in (("LEARNING_RATE", "3e-3"), ("BATCH_SIZE", "16"), ("SEQ_LEN", "64")):
+    SOURCE = re.sub(rf"^{_knob} = .*$", f"{_knob} = {_value}", SOURCE, count=1, flags=re.M)
 TRAIN_LINE = "def train(run):\n"
 
 

@@ -1,6 +1,7 @@
 """The catalogue of shortcuts the adversarial suite proposes, and how each must end.
 
-Each ``Shortcut`` is one mock-agent proposal against ``sources/baseline.py``: either a small
+Each ``Shortcut`` is one mock-agent proposal against ``BASELINE`` (the loop tests' bigram
+model, tests/loop_source/train.py, at a learning rate that learns): either a small
 injection into the baseline (imports at the top, a few lines at the start of ``train``), a
 whole cheating source from ``sources/``, or an edit of a file outside ``train.py``. ``status``
 and ``reason`` are what the experiment's record must show: the status, and substrings of the
@@ -17,7 +18,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 SOURCES = HERE / "sources"
-BASELINE = (SOURCES / "baseline.py").read_text(encoding="utf-8")
+BASELINE = (ROOT / "tests" / "loop_source" / "train.py").read_text(encoding="utf-8").replace(
+    "LEARNING_RATE = 1e-5  # far too small on purpose: a candidate that raises it is a real gain",
+    "LEARNING_RATE = 1e-2", 1)
+assert "LEARNING_RATE = 1e-2\n" in BASELINE
 
 
 @dataclass(frozen=True)
