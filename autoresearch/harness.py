@@ -104,6 +104,7 @@ class Run:
         self._setup_cap = setup_cap
         self._t_setup = time.monotonic()
         self._t_first: float | None = None  # the budget clock starts at the first batch
+        self._t_stop: float | None = None  # and stops when train() returns (finish)
 
     def get_batch(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y): ``batch_size`` random windows of the train split; y is x shifted by one."""
@@ -162,11 +163,13 @@ class Run:
               flush=True)
 
     def seconds(self) -> float:
-        """Seconds on the budget clock so far."""
-        return 0.0 if self._t_first is None else time.monotonic() - self._t_first
+        """Seconds on the budget clock so far (up to train() returning, once it has)."""
+        end = time.monotonic() if self._t_stop is None else self._t_stop
+        return 0.0 if self._t_first is None else end - self._t_first
 
     def finish(self) -> None:
         """Called by the harness after train() returned: raise what train() may have hidden."""
+        self._t_stop = time.monotonic()
         if self._t_first is None:
             self.setup_seconds = time.monotonic() - self._t_setup
             self._check_setup()
