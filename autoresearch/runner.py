@@ -13,13 +13,17 @@ the training process prints or writes can become the metric.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -44,8 +48,13 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _M = TypeVar("_M", bound=BaseModel)
 _EVAL_MODULES = ("__init__", "harness", "metrics", "data", "errors")
 # the evaluation process: trusted code only, and never anything from its working directory
-_EVAL_BOOT = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+# The evaluation process starts with -S -E (no site-packages .pth files or sitecustomize run,
+# no PYTHON* variables read) and gets the import path this process had, as an argument.
+_EVAL_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv.pop(1)); "
               "from autoresearch.harness import main; sys.exit(main())")
+# Installed code the evaluation process runs, watched for changes made during training.
+_WATCHED_PACKAGES = ("torch", "torchgen", "numpy", "pydantic", "pydantic_core", "annotated_types",
+                     "typing_inspection", "typing_extensions")
 
 
 def resolve_device(device: str) -> str:
@@ -95,7 +104,9 @@ def measure(
     metrics.device = device
     metrics.dataset, metrics.dataset_sha256 = prepared.name, prepared.sha256
     env = _child_env(gpu)
+    sys.dont_write_bytecode = True  # our own late imports must not change the watched files
     harness_digest = _package_digest()
+    installed = _installed_signature()
     log = BoundedLog(out_dir / "run.log", echo=echo)
     with log, tempfile.TemporaryDirectory(prefix="autoresearch-train-") as scratch_name:
         scratch = Path(scratch_name)
@@ -123,6 +134,9 @@ def measure(
             metrics.export_seconds = train.export_seconds
         if _package_digest() != harness_digest:
             metrics.error = "the training process changed the files of the autoresearch package"
+        elif changed := _changed(installed, _installed_signature()):
+            metrics.error = ("the training process changed installed code the evaluation runs: "
+                             f"{changed}")
         elif timed_out:
             metrics.status = RunStatus.timeout
             metrics.error = (f"killed at the hard deadline: the training process ran past "
@@ -150,7 +164,8 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
     with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as cwd:
         try:
             code, timed_out = run_process(
-                [sys.executable, "-c", _EVAL_BOOT, "--phase", "eval", "--data",
+                [sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
+                 json.dumps(_eval_path()), "--phase", "eval", "--data",
                  str(Path(data).resolve()), "--expect-sha256", sha256, "--device",
                  metrics.device, "--seq-len", str(metrics.seq_len), "--artifact",
                  str(artifact), "--out", f"fd:{write_end}"],
@@ -336,6 +351,61 @@ def _package_digest() -> str:
         if path.stem.split(".")[0] in _EVAL_MODULES and path.is_file():
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+def _eval_path() -> list[str]:
+    """The evaluation process's sys.path: the package root, then this process's path as it was
+    resolved at start-up (before any training ran), without the current folder."""
+    here = {"", ".", os.getcwd()}
+    return [_PACKAGE_ROOT, *(p for p in sys.path if p not in here and p != _PACKAGE_ROOT)]
+
+
+@functools.cache
+def _watched_roots() -> tuple[Path, ...]:
+    """The installed packages and the standard library the evaluation process imports from,
+    and the folders of sys.path themselves (a new .pth or module there changes them)."""
+    roots = []
+    for name in _WATCHED_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            origin = Path(spec.origin)
+            roots.append(origin.parent if origin.name == "__init__.py" else origin)
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return (*roots, stdlib)
+
+
+def _installed_signature() -> dict[str, tuple[int, ...]]:
+    """A tripwire for the training process changing installed code: size, mtime, ctime and
+    inode of every file under the watched roots (ctime cannot be set back from user space),
+    and of the sys.path folders (a new .pth or module changes them). Stats only: ~0.1 s."""
+    found: dict[str, tuple[int, ...]] = {}
+
+    def note(path: str) -> None:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            found[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+    for folder in _eval_path():
+        note(folder)
+    for root in _watched_roots():
+        note(str(root))
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if d not in _UNWATCHED]
+            for name in filenames:
+                note(os.path.join(dirpath, name))
+    return found
+
+
+def _changed(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> str:
+    """The first path that differs ("" if none)."""
+    if before == after:
+        return ""
+    return min(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+
+
+# under the watched roots: C headers, and other installs and tests the evaluation never imports
+_UNWATCHED = frozenset({"include", "site-packages", "dist-packages", "test", "tests", "idlelib",
+                        "tkinter", "turtledemo", "ensurepip", "lib2to3"})
 
 
 def _finish(metrics: Metrics, out_dir: Path, started: float) -> Metrics:

@@ -94,6 +94,20 @@ def test_train_cannot_reach_the_validation_split(
     assert found["home"] != str(Path.home()) and found["home"].startswith(found["cwd"])
 
 
+def test_training_that_changes_installed_code_gets_no_metric(
+    prepared_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    package = tmp_path / "site" / "fakepkg"  # stands in for torch: rewriting it is the attack
+    package.mkdir(parents=True)
+    (package / "functional.py").write_text("def cross_entropy(x, y): ...\n")
+    monkeypatch.setattr(runner, "_watched_roots", lambda: (package,))
+    monkeypatch.setenv("TAMPER_PATH", str(package / "functional.py"))
+    metrics = run_source(SOURCES / "tamper", prepared_data, tmp_path / "out")
+    assert metrics.status == RunStatus.crash and metrics.val_bpb is None
+    assert metrics.error == ("the training process changed installed code the evaluation runs: "
+                             f"{package / 'functional.py'}")
+
+
 def test_crash_is_reported_and_run_log_stays_bounded(
     prepared_data: PreparedData, tmp_path: Path,
 ) -> None:
