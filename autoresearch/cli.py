@@ -117,6 +117,12 @@ def prepare(dataset: Dataset = None) -> None:
                   f"sha256 {d.sha256[:16]}…, at {d.path}")
 
 
+SandboxOpt = Annotated[bool | None, typer.Option(
+    "--sandbox/--no-sandbox",
+    help="Fence training in with Landlock (Linux) so it can open nothing but its own "
+         "folders; --no-sandbox only to troubleshoot a setup it blocks.")]
+
+
 @app.command()
 def train(
     source: Annotated[Path | None, typer.Option(
@@ -126,13 +132,14 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     device: Device = None,
     dataset: Dataset = None,
+    sandbox: SandboxOpt = None,
     as_json: JsonOut = False,
 ) -> None:
     """Measure one training source once: train under the budget, evaluate, print metrics."""
     with _errors():
         _check_budgets(time_budget, token_budget)
         s = _settings(time_budget=time_budget, token_budget=token_budget, device=device,
-                      dataset=dataset)
+                      dataset=dataset, sandbox=sandbox)
         src = source or (s.workspace / "baseline")
         if not (src / "train.py").is_file():
             raise UsageError(f"{src} has no train.py")
@@ -145,7 +152,7 @@ def train(
                       f"log: {out_dir / 'run.log'}", markup=False)
         m = runner.measure(source=src.resolve(), data=d.path, budget=budget, seed=seed,
                            device=dev, out_dir=out_dir, setup_cap=s.setup_cap,
-                           timeout=s.timeout, gpu=s.gpu)
+                           timeout=s.timeout, gpu=s.gpu, sandbox=s.sandbox)
         if as_json:
             out.print_json(m.model_dump_json())
         else:
@@ -183,6 +190,7 @@ def loop(
         help="Stop cleanly before agent calls would cost more than this (USD).")] = None,
     keep_worktrees: Annotated[bool | None, typer.Option(
         "--keep-worktrees", help="Keep finished experiments' worktrees.")] = None,
+    sandbox: SandboxOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the last unfinished run.")] = False,
 ) -> None:
@@ -197,7 +205,7 @@ def loop(
                       model=model, base_url=base_url, time_budget=time_budget,
                       token_budget=token_budget, seed=seed, seeds=seeds, device=device,
                       gpu=gpu, dataset=dataset, tag=tag, min_delta=min_delta, repairs=repairs,
-                      max_cost=max_cost, keep_worktrees=keep_worktrees)
+                      max_cost=max_cost, keep_worktrees=keep_worktrees, sandbox=sandbox)
         ws = Workspace(s.workspace, s.editable)
         store = Store(s.db_path)
         reporter = make_reporter(out, err)
@@ -209,7 +217,7 @@ def loop(
                 # the run goes on with the settings it started with, except what the user
                 # may sensibly change midway: where things are, prices, spending, patience
                 given = {"max_cost": max_cost, "repairs": repairs,
-                         "keep_worktrees": keep_worktrees}
+                         "keep_worktrees": keep_worktrees, "sandbox": sandbox}
                 overrides = {"workspace": s.workspace, "db": s.db, "prices": s.prices,
                              **{k: v for k, v in given.items() if v is not None}}
                 s = Settings.model_validate_json(run.config).model_copy(update=overrides)

@@ -39,6 +39,7 @@ class Settings(BaseModel):
     setup_cap: float = Field(default=60.0, gt=0)
     timeout: float | None = Field(default=None, gt=0)
     keep_worktrees: bool = False
+    sandbox: bool = True  # fence training processes in with Landlock where the OS has it
     editable: list[str] = Field(default_factory=lambda: ["train.py"])
     prices: dict[str, tuple[float, float]] = Field(default_factory=dict)  # $/M tokens in, out
     agent_timeout: float = Field(default=180.0, gt=0)  # seconds for one model call

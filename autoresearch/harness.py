@@ -197,6 +197,21 @@ class Run:
         return failure
 
 
+def fence(args: argparse.Namespace) -> None:
+    """Put the training process in its Landlock sandbox (see autoresearch/sandbox.py)."""
+    from autoresearch import sandbox
+
+    read, write = sandbox.default_paths(Path(args.source), Path.cwd(), args.writable or [])
+    read.append(str(Path(args.data)))
+    write += [str(Path(args.artifact).parent), str(Path(args.report).parent)]
+    try:
+        state = sandbox.restrict(read, write)
+    except sandbox.SandboxError as e:
+        raise RuntimeError(f"the sandbox could not be set up ({e}); --no-sandbox (or "
+                           "AUTORESEARCH_SANDBOX=0) trains without it") from e
+    print(f"[harness] sandbox: {state}", flush=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -229,6 +244,8 @@ def train_phase(args: argparse.Namespace) -> int:
         train_data = np.memmap(Path(args.data) / "train.bin", dtype=np.uint8, mode="r")
         run = Run(train_data, device=args.device, seed=args.seed, vocab_size=256,
                   seq_len=args.seq_len, budget=_budget(args), setup_cap=args.setup_cap)
+        if args.sandbox == "on":
+            fence(args)  # from here on, nothing outside the allowed folders can be opened
         train = load_train(Path(args.source))
         model = train(run)
         run.finish()
@@ -657,6 +674,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artifact", help=argparse.SUPPRESS)
     p.add_argument("--report", help=argparse.SUPPRESS)
     p.add_argument("--expect-sha256", help=argparse.SUPPRESS)
+    p.add_argument("--sandbox", choices=["on", "off"], default=None,
+                   help="fence the training process in with Landlock where the OS has it "
+                        "(default: on; the internal training phase only when told)")
+    p.add_argument("--writable", action="append", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     needed = {"all": ("source", "out"), "train": ("source", "artifact", "report"),
               "eval": ("artifact", "out")}[args.phase]
@@ -682,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="autoresearch-") as tmp:
         metrics = measure(source=Path(args.source), data=Path(args.data), budget=_budget(args),
                           seed=args.seed, device=args.device, out_dir=Path(tmp),
-                          setup_cap=args.setup_cap, seq_len=args.seq_len, echo=True)
+                          setup_cap=args.setup_cap, seq_len=args.seq_len, echo=True,
+                          sandbox=args.sandbox != "off")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(Path(tmp) / "metrics.json", out)

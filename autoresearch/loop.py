@@ -109,7 +109,7 @@ class ResearchLoop:
         self.reporter.notice(
             f"run {run.id}: agent {self.agent.name} ({self.agent.model}), {experiments} "
             f"experiments, {self.budget.describe()} each, seeds {self.seeds}, device {device}, "
-            f"data {data.name} ({data.sha256[:12]})"
+            f"data {data.name} ({data.sha256[:12]}), sandbox {runner.sandbox_state(s.sandbox)}"
         )
         return self.run
 
@@ -471,7 +471,7 @@ class ResearchLoop:
                                device=self.run.device,
                                out_dir=self.ws.exp_dir(exp_id) / f"seed-{seed}",
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
-                               gpu=self.settings.gpu)
+                               gpu=self.settings.gpu, sandbox=self.settings.sandbox)
             if m.ok and m.dataset_sha256 and m.dataset_sha256 != self.run.dataset_sha256:
                 m = m.model_copy(update={"status": RunStatus.overtime, "val_bpb": None,
                                          "error": "measured on a different dataset"})

@@ -63,6 +63,7 @@ class Metrics(BaseModel):
     export_seconds: float = 0.0  # torch.export of the trained model, in the training process
     eval_seconds: float = 0.0  # the trusted evaluation process, start to end
     seq_len: int = 0  # evaluation context length
+    sandbox: str = ""  # the training process's OS sandbox: "landlock vN", "none (why)" or "off"
 
     @model_validator(mode="after")
     def _no_metric_unless_ok(self) -> Metrics:

@@ -34,7 +34,8 @@ def metrics_text(m: Metrics) -> str:
             f"train_tokens {m.train_tokens:,}  "
             f"tokens/s {m.train_tokens / max(m.train_seconds, 1e-9):,.0f}  "
             f"train {m.train_seconds:.1f}s  total {m.total_seconds:.1f}s  params {m.params:,}  "
-            f"peak {m.peak_memory_mb:.0f} MB  device {m.device}  data {m.dataset}")
+            f"peak {m.peak_memory_mb:.0f} MB  device {m.device}  data {m.dataset}  "
+            f"sandbox {m.sandbox}")
 
 
 def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import getpass
 import hashlib
 import importlib.util
 import json
@@ -85,12 +86,14 @@ def measure(
     gpu: str | None = None,
     seq_len: int = 256,
     echo: bool = False,
+    sandbox: bool = True,
 ) -> Metrics:
     """Train ``source`` under ``budget`` and evaluate it; write out_dir/{run.log,metrics.json}.
 
     Never raises for a failed job: the returned Metrics has a non-ok status and an error.
     ``timeout`` overrides the training process's hard deadline; ``echo`` also copies the
-    processes' output to this process's stdout.
+    processes' output to this process's stdout; ``sandbox`` fences the training process in
+    with Landlock where the OS has it (autoresearch/sandbox.py).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -117,13 +120,22 @@ def measure(
         shutil.copyfile(data / "train.bin", train_data / "train.bin")
         shutil.copyfile(data / "meta.json", train_data / "meta.json")
         train_env = _training_env(env, scratch)
+        metrics.sandbox = sandbox_state(sandbox)
+        if metrics.sandbox.startswith("landlock"):
+            metrics.sandbox += _exposed(data, source, scratch)
+        caches = [train_env["TRITON_CACHE_DIR"], train_env["TORCHINDUCTOR_CACHE_DIR"]]
+        for cache in caches:
+            with contextlib.suppress(OSError):
+                Path(cache).mkdir(parents=True, exist_ok=True)
         deadline = timeout if timeout is not None else _train_deadline(budget, setup_cap)
         code, timed_out = run_process(
             [sys.executable, "-m", "autoresearch.harness", "--phase", "train",
              "--source", str(Path(source).resolve()), "--data", str(train_data),
              *budget.cli_args(), "--seed", str(seed), "--device", device,
              "--seq-len", str(seq_len), "--setup-cap", f"{setup_cap:g}",
-             "--artifact", str(scratch / "model.pt"), "--report", str(scratch / "report.json")],
+             "--artifact", str(scratch / "model.pt"), "--report", str(scratch / "report.json"),
+             "--sandbox", "on" if sandbox else "off",
+             *(a for cache in caches for a in ("--writable", cache))],
             cwd=scratch, env=train_env, timeout=deadline, log=log)
         train = _read(scratch / "report.json", TrainReport)
         if train is not None:
@@ -324,13 +336,41 @@ def _training_env(env: dict[str, str], scratch: Path) -> dict[str, str]:
     (~/.cache/autoresearch, the shell history, dotfiles) lead nowhere. The compiler caches keep
     their usual homes: rebuilding them for every experiment would waste minutes of GPU time."""
     train_env = {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
-    home = scratch / "home"
+    home, tmp = scratch / "home", scratch / "tmp"
     home.mkdir(exist_ok=True)
-    real_home = Path.home()
-    train_env.setdefault("TRITON_CACHE_DIR", str(real_home / ".triton" / "cache"))
+    tmp.mkdir(exist_ok=True)
+    train_env.setdefault("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache"))
+    train_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
+        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"))
     train_env["HOME"] = str(home)
     train_env["XDG_CACHE_HOME"] = str(home / ".cache")
+    train_env["TMPDIR"] = str(tmp)  # compilers' temporary files stay inside the sandbox
     return train_env
+
+
+def _exposed(data: Path, source: Path, scratch: Path) -> str:
+    """A warning when a folder the sandbox leaves readable holds the dataset (its cache inside
+    the Python prefix or the import path, say): the fence would not hide the validation split."""
+    from autoresearch import sandbox
+
+    read, _ = sandbox.default_paths(source, scratch)
+    here = Path(data).resolve()
+    for folder in read:
+        with contextlib.suppress(OSError):
+            if here.is_relative_to(Path(folder).resolve()):
+                return f" (but the dataset is inside {folder}, which training may read)"
+    return ""
+
+
+def sandbox_state(enabled: bool) -> str:
+    """What a training process started now will be fenced in by (the trusted side's view:
+    the harness sets the fence up before any agent code runs, or fails)."""
+    if not enabled:
+        return "off"
+    from autoresearch import sandbox
+
+    version = sandbox.abi()
+    return f"landlock v{version}" if version else "none (no Landlock on this system)"
 
 
 def _read(path: Path, model: type[_M]) -> _M | None:

@@ -64,7 +64,8 @@ def test_fake_metrics_printed_or_written_change_nothing(
     for name in ("adversary", "tiny"):
         shutil.copytree(SOURCES / name, tmp_path / name)
     out = tmp_path / "out"
-    metrics = run_source(tmp_path / "adversary", prepared_data, out)
+    # without the OS sandbox, which would stop the planting: the pipe alone must hold
+    metrics = run_source(tmp_path / "adversary", prepared_data, out, sandbox=False)
     assert metrics.status == RunStatus.ok
     assert metrics.val_bpb == honest[0].val_bpb  # same training, same number: not 0.001
     assert Metrics.read(out / "metrics.json") == metrics
@@ -78,12 +79,11 @@ def test_train_cannot_reach_the_validation_split(
     train_text, val_text = "abcdefgh " * 10_000, "XYZ0123456789\n" * 715  # 90% / 10%
     data = make_dataset(train_text + val_text[: len(train_text) // 9], "disjoint")  # type: ignore[operator]
     assert data.train_tokens == len(train_text)
-    found_file = tmp_path / "found.json"
-    monkeypatch.setenv("SNOOP_OUT", str(found_file))
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(data.path.parent))  # where the split lives
     metrics = run_source(SOURCES / "snoop", data, tmp_path / "out")
     assert metrics.status == RunStatus.invalid_model  # it returned no model
-    found = json.loads(found_file.read_text())
+    log = (tmp_path / "out" / "run.log").read_text()
+    found = json.loads(log.split("SNOOP ", 1)[1].splitlines()[0])
     train_bytes = set(train_text.encode())
     assert set(found["batch_bytes"]) <= train_bytes
     assert set(found["reachable_bytes"]) <= train_bytes
@@ -102,7 +102,8 @@ def test_training_that_changes_installed_code_gets_no_metric(
     (package / "functional.py").write_text("def cross_entropy(x, y): ...\n")
     monkeypatch.setattr(runner, "_watched_roots", lambda: (package,))
     monkeypatch.setenv("TAMPER_PATH", str(package / "functional.py"))
-    metrics = run_source(SOURCES / "tamper", prepared_data, tmp_path / "out")
+    # the tripwire is what stands where Landlock is missing (with it, the write is refused)
+    metrics = run_source(SOURCES / "tamper", prepared_data, tmp_path / "out", sandbox=False)
     assert metrics.status == RunStatus.crash and metrics.val_bpb is None
     assert metrics.error == ("the training process changed installed code the evaluation runs: "
                              f"{package / 'functional.py'}")
@@ -125,14 +126,13 @@ def test_crash_is_reported_and_run_log_stays_bounded(
 def test_hanging_source_and_its_child_are_killed_at_the_deadline(
     prepared_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    pid_file = tmp_path / "child.pid"
-    monkeypatch.setenv("HANG_PID_FILE", str(pid_file))
     started = time.monotonic()
     metrics = run_source(SOURCES / "hang", prepared_data, tmp_path / "out", timeout=12.0)
     assert metrics.status == RunStatus.timeout and metrics.val_bpb is None
     assert "hard deadline" in (metrics.error or "")
     assert time.monotonic() - started < 30
-    pid = int(pid_file.read_text())
+    log = (tmp_path / "out" / "run.log").read_text()
+    pid = int(log.split("child pid ", 1)[1].split()[0])
     for _ in range(100):  # the kill is already done; give the kernel a moment to reap
         if not _alive(pid):
             break

@@ -7,7 +7,7 @@ honestly, by the harness alone (DESIGN.md, "Threat model"):
 - a look-ahead only at the evaluation shape, and a stateful probe dodger: not causal;
 - a model that memorises the validation split, found through a shell in the dataset cache:
   the training process gets neither the orchestrator's settings nor its HOME, so there is no
-  cache to find (a source that searches the whole disk would still find it: no OS sandbox);
+  cache to find (and under Landlock, tests/test_sandbox.py, it could not open it anyway);
 - a budget lifted by replacing ``Run.tokens_left`` on the class: ``get_batch`` reads its own
   counters, and ``finish`` compares the tokens drawn with the budget;
 - training inside ``model.eval()`` after ``train`` returned: the exported weights must equal
@@ -144,8 +144,11 @@ def measured(holes: Path) -> Iterator[dict[str, Metrics]]:
             # output folder there (seed-0), and an empty one it can fill (seed-1)
             out = tmp / "seed-0" if name == "fake_metric" else tmp / "out" / name
             (tmp / "seed-1").mkdir(exist_ok=True)
+            # fake_metric runs without the OS sandbox (which would refuse its planting): the
+            # pipe alone must hold
             return runner.measure(source=source, data=prepared.path, budget=JOBS[name],
-                                  seed=0, device="cpu", out_dir=out)
+                                  seed=0, device="cpu", out_dir=out,
+                                  sandbox=name != "fake_metric")
 
         with ThreadPoolExecutor(len(JOBS)) as pool:
             yield dict(zip(JOBS, pool.map(measure, JOBS), strict=True))
