@@ -4,7 +4,7 @@ itself after it has loaded the train split and before it imports the agent's cod
 Landlock (Linux >= 5.13) lets an unprivileged process give up access for good, for itself and
 every process it starts. The training process keeps:
 
-- read and execute: the system (/usr, /lib, /etc, /opt, /proc, /sys, /bin, /sbin), Python
+- read and execute: the system (/usr, /lib, /etc, /proc, /sys, /bin, /sbin, /run), Python
   (its prefixes and every sys.path folder, which hold torch and the harness) and the
   experiment's source folder;
 - read and write: its scratch folder (which holds its copy of the train split), /dev (GPUs,
@@ -46,8 +46,9 @@ _READ = _EXECUTE | _READ_FILE | _READ_DIR
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
-SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/opt", "/proc",
-               "/sys", "/run", "/nix", "/snap")
+# not /opt, /srv, /mnt, /home: where people keep data. A conda in /opt is Python's prefix.
+SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys",
+               "/run", "/nix")
 SYSTEM_WRITE = ("/dev",)
 
 
