@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import getpass
-import hashlib
 import importlib.util
 import json
 import os
@@ -47,10 +46,9 @@ LOG_HEAD = LOG_TAIL = 64 * 1024  # bytes of run.log kept from the start and from
 _SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _M = TypeVar("_M", bound=BaseModel)
-_EVAL_MODULES = ("__init__", "harness", "metrics", "data", "errors")
-# the evaluation process: trusted code only, and never anything from its working directory
-# The evaluation process starts with -S -E (no site-packages .pth files or sitecustomize run,
-# no PYTHON* variables read) and gets the import path this process had, as an argument.
+# The evaluation process runs trusted code only, never anything from its working directory: it
+# starts with -S -E (no site-packages .pth files or sitecustomize run, no PYTHON* variables
+# read) and gets the import path this process had, as an argument.
 _EVAL_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv.pop(1)); "
               "from autoresearch.harness import main; sys.exit(main())")
 # Installed code the evaluation process runs, watched for changes made during training.
@@ -108,7 +106,6 @@ def measure(
     metrics.dataset, metrics.dataset_sha256 = prepared.name, prepared.sha256
     env = _child_env(gpu)
     sys.dont_write_bytecode = True  # our own late imports must not change the watched files
-    harness_digest = _package_digest()
     installed = _installed_signature()
     log = BoundedLog(out_dir / "run.log", echo=echo)
     with log, tempfile.TemporaryDirectory(prefix="autoresearch-train-") as scratch_name:
@@ -144,9 +141,7 @@ def measure(
             metrics.setup_seconds = train.setup_seconds
             metrics.peak_memory_mb = train.peak_memory_mb
             metrics.export_seconds = train.export_seconds
-        if _package_digest() != harness_digest:
-            metrics.error = "the training process changed the files of the autoresearch package"
-        elif changed := _changed(installed, _installed_signature()):
+        if changed := _changed(installed, _installed_signature()):
             metrics.error = ("the training process changed installed code the evaluation runs: "
                              f"{changed}")
         elif timed_out:
@@ -380,19 +375,6 @@ def _read(path: Path, model: type[_M]) -> _M | None:
         return None
 
 
-def _package_digest() -> str:
-    """A tripwire for the training process touching the package: the names of its files, and
-    the bytes of the modules (and their bytecode) that the evaluation process runs."""
-    package = Path(_PACKAGE_ROOT, "autoresearch")
-    digest = hashlib.sha256()
-    for path in sorted(package.rglob("*")):
-        name = path.relative_to(package).as_posix()
-        digest.update(name.encode() + b"\0")
-        if path.stem.split(".")[0] in _EVAL_MODULES and path.is_file():
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def _eval_path() -> list[str]:
     """The evaluation process's sys.path: the package root, then this process's path as it was
     resolved at start-up (before any training ran), without the current folder."""
@@ -402,9 +384,9 @@ def _eval_path() -> list[str]:
 
 @functools.cache
 def _watched_roots() -> tuple[Path, ...]:
-    """The installed packages and the standard library the evaluation process imports from,
-    and the folders of sys.path themselves (a new .pth or module there changes them)."""
-    roots = []
+    """This package, the installed packages and the standard library the evaluation process
+    imports from."""
+    roots = [Path(_PACKAGE_ROOT, "autoresearch")]
     for name in _WATCHED_PACKAGES:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
@@ -414,11 +396,12 @@ def _watched_roots() -> tuple[Path, ...]:
     return (*roots, stdlib)
 
 
-def _installed_signature() -> dict[str, tuple[int, ...]]:
-    """A tripwire for the training process changing installed code: size, mtime, ctime and
-    inode of every file under the watched roots (ctime cannot be set back from user space),
-    and of the sys.path folders (a new .pth or module changes them). Stats only: ~0.1 s."""
-    found: dict[str, tuple[int, ...]] = {}
+def _installed_signature() -> dict[str, tuple[object, ...]]:
+    """A tripwire for the training process changing code the evaluation runs: size, mtime,
+    ctime and inode of every file under the watched roots (ctime cannot be set back from user
+    space), and the importable names in each sys.path folder (a module that would shadow
+    torch, say; other files there, a README being edited, do not count). Stats only: ~0.1 s."""
+    found: dict[str, tuple[object, ...]] = {}
 
     def note(path: str) -> None:
         with contextlib.suppress(OSError):
@@ -426,7 +409,10 @@ def _installed_signature() -> dict[str, tuple[int, ...]]:
             found[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
     for folder in _eval_path():
-        note(folder)
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
+            found[folder] = tuple(sorted(
+                e.name for e in entries
+                if e.name.endswith((".py", ".pyc", ".so", ".pth")) or e.is_dir()))
     for root in _watched_roots():
         note(str(root))
         for dirpath, dirnames, filenames in os.walk(root):
@@ -436,7 +422,7 @@ def _installed_signature() -> dict[str, tuple[int, ...]]:
     return found
 
 
-def _changed(before: dict[str, tuple[int, ...]], after: dict[str, tuple[int, ...]]) -> str:
+def _changed(before: dict[str, tuple[object, ...]], after: dict[str, tuple[object, ...]]) -> str:
     """The first path that differs ("" if none)."""
     if before == after:
         return ""

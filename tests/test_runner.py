@@ -186,3 +186,15 @@ def test_bounded_log_keeps_head_and_tail(tmp_path: Path) -> None:
     text = (tmp_path / "log").read_text()
     assert text.startswith("000\n001\n00") and text.endswith("098\n099\n")
     assert "[... 380 bytes cut" in text
+
+
+def test_a_module_that_would_shadow_an_import_trips_the_wire_and_a_readme_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner, "_eval_path", lambda: [str(tmp_path)])
+    monkeypatch.setattr(runner, "_watched_roots", lambda: ())
+    before = runner._installed_signature()
+    (tmp_path / "README.md").write_text("edited while a loop runs\n")
+    assert runner._changed(before, runner._installed_signature()) == ""
+    (tmp_path / "torch.py").write_text("cross_entropy = None\n")
+    assert runner._changed(before, runner._installed_signature()) == str(tmp_path)
