@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from autoresearch.errors import UsageError
-from autoresearch.metrics import Budget
+from autoresearch.metrics import SETUP_CAP, Budget
 
 DEFAULT_TIME_BUDGET = {"cuda": 300.0, "cpu": 60.0, "mps": 60.0}
 
@@ -36,7 +36,7 @@ class Settings(BaseModel):
     min_delta: float = Field(default=0.0, ge=0)
     repairs: int = Field(default=2, ge=0, le=10)
     max_cost: float | None = Field(default=None, ge=0)
-    setup_cap: float = Field(default=60.0, gt=0)
+    setup_cap: float = Field(default=SETUP_CAP, gt=0)
     timeout: float | None = Field(default=None, gt=0)
     keep_worktrees: bool = False
     sandbox: bool = True  # fence training processes in with Landlock where the OS has it

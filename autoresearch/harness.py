@@ -38,11 +38,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoresearch.metrics import Budget, EvalReport, RunStatus, TrainReport
+from autoresearch.metrics import (
+    SETUP_CAP,
+    TIME_GRACE,
+    Budget,
+    EvalReport,
+    RunStatus,
+    TrainReport,
+)
 
 SEQ_LEN = 256  # evaluation context length, the same for every experiment
-SETUP_CAP = 60.0  # seconds from importing train.py to the first batch
-TIME_GRACE = (0.10, 2.0)  # a time budget may run over by 10% + 2 s before it is overtime
 # device kind -> (windows per evaluation batch, validation tokens evaluated); fixed so that
 # every experiment on that kind of device is scored on exactly the same windows
 EVAL_PLAN = {"cpu": (8, 65_536), "mps": (16, 262_144), "cuda": (32, 1_048_576)}

@@ -24,6 +24,10 @@ class RunStatus(enum.StrEnum):
     rejected = "rejected"  # set by the orchestrator (guard), never by the harness
 
 
+TIME_GRACE = (0.10, 2.0)  # a time budget may run over by 10% + 2 s before it is overtime
+SETUP_CAP = 60.0  # default seconds from importing train.py to the first batch
+
+
 class Budget(BaseModel):
     """A training budget: wall-clock seconds, or tokens served by ``run.get_batch``."""
 

@@ -34,9 +34,16 @@ from pydantic import BaseModel, ValidationError
 
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
-from autoresearch.metrics import Budget, EvalReport, Metrics, RunStatus, TrainReport
+from autoresearch.metrics import (
+    SETUP_CAP,
+    TIME_GRACE,
+    Budget,
+    EvalReport,
+    Metrics,
+    RunStatus,
+    TrainReport,
+)
 
-SETUP_CAP = 60.0
 TOKEN_BUDGET_TIMEOUT = 600.0  # seconds a token-budget training process may take in all
 EXPORT_ALLOWANCE = 60.0  # seconds for torch.export after train() returns
 EVAL_TIMEOUT = 180.0  # seconds for the evaluation process
@@ -310,7 +317,8 @@ def _kill_group(pgid: int) -> None:
 def _train_deadline(budget: Budget, setup_cap: float) -> float:
     if budget.kind == "tokens":
         return TOKEN_BUDGET_TIMEOUT
-    return setup_cap + budget.amount * 1.1 + 2.0 + EXPORT_ALLOWANCE + GRACE
+    overtime = budget.amount * (1 + TIME_GRACE[0]) + TIME_GRACE[1]  # where the harness stops it
+    return setup_cap + overtime + EXPORT_ALLOWANCE + GRACE
 
 
 def _child_env(gpu: str | None) -> dict[str, str]:
