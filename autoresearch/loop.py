@@ -35,7 +35,7 @@ from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.metrics import Budget, Metrics, RunStatus
-from autoresearch.store import Experiment, ExperimentStatus, Run, RunState, Store
+from autoresearch.store import Experiment, ExperimentStatus, Run, RunState, Store, is_done
 from autoresearch.workspace import Workspace
 
 ES = ExperimentStatus
@@ -117,14 +117,12 @@ class ResearchLoop:
         """Close what a killed loop left in flight, then go on with the same run."""
         assert run.id is not None
         for exp in self.store.experiments(run_id=run.id):
-            if exp.status in (ES.proposed, ES.applied, ES.running, ES.measured) and not (
-                exp.kind == "replay" and exp.status == ES.measured
-            ):
+            if not is_done(exp):
                 assert exp.id is not None
                 runner.kill_stale(self.ws.exp_dir(exp.id))
                 self.store.transition(exp.id, ES.interrupted,
                                       reason=f"the loop stopped while it was {exp.status.value}")
-                self._cleanup(exp.id, exp.branch, discard=True)
+                self._cleanup(exp.id, exp.branch)
                 redo = exp.kind == "candidate" and exp.commit is not None and exp.proposal
                 if redo:
                     self.redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
@@ -212,17 +210,16 @@ class ResearchLoop:
             self.store.transition(exp.id, ES.running)
             self.reporter.phase(exp.id, 0, "baseline", f"measuring {len(self.seeds)} seeds")
             values, failed = self._measure(exp.id, wt, self.seeds)
-            self._cleanup(exp.id, None, discard=False)
+            self._cleanup(exp.id, None)
         if failed is not None:
-            self.store.transition(exp.id, _JOB_STATUS[failed.status],
-                                  reason=_one_line(failed.error))
+            self._failed(exp.id, failed)
             raise BaselineFailed(
                 f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
                 f"{_one_line(failed.error)}; "
                 f"see {self.ws.exp_dir(exp.id) / f'seed-{failed.seed}' / 'run.log'}"
             )
         mean = statistics.fmean(values.values())
-        noise = statistics.stdev(values.values()) if len(values) > 1 else None
+        noise = decide_mod.estimate_noise(values) if len(values) > 1 else None
         self.store.transition(exp.id, ES.measured, val_bpb=mean, seconds=self._seconds(exp.id))
         done = self.store.transition(
             exp.id, ES.kept, delta=0.0, champion_bpb=mean,
@@ -381,9 +378,7 @@ class ResearchLoop:
                     verdict = decide_mod.decide(values, champion, noise_std=noise,
                                                 min_delta=run.min_delta, seeds=self.seeds)
         if failed is not None:
-            status = _JOB_STATUS.get(failed.status, ES.crashed)
-            exp = self.store.transition(exp_id, status, reason=_one_line(failed.error),
-                                        seconds=self._seconds(exp_id))
+            exp = self._failed(exp_id, failed, seconds=self._seconds(exp_id))
         else:
             assert verdict is not None
             paired = [s for s in self.seeds if s in values]
@@ -399,7 +394,7 @@ class ResearchLoop:
                 exp = self.store.transition(exp_id, ES.kept, **fields)
             else:
                 exp = self.store.transition(exp_id, ES.discarded, **fields)
-        self._cleanup(exp_id, branch, discard=exp.status != ES.kept)
+        self._cleanup(exp_id, branch)
         self.reporter.finished(exp, self._best())
         return exp
 
@@ -431,7 +426,7 @@ class ResearchLoop:
                     guard.check_source(path, text)
             except (UsageError, guard.GuardViolation) as e:
                 self.store.transition(new.id, ES.rejected, reason=_one_line(str(e)))
-                self._cleanup(new.id, None, discard=True)
+                self._cleanup(new.id, None)
                 raise UsageError(f"cannot replay experiment {exp.id} onto {onto}: {e}") from e
             commit, diff = self.ws.commit_files(wt, files, f"replay of #{exp.id}: {exp.title}")
             self.ws.pin(new.id, commit)
@@ -439,16 +434,14 @@ class ResearchLoop:
             self.store.transition(new.id, ES.running)
             self.reporter.phase(new.id, exp.seq, new.title, f"measuring seeds {seed_list}")
             values, failed = self._measure(new.id, wt, seed_list)
-            self._cleanup(new.id, None, discard=True)
-        original = {m.seed: m.val_bpb for m in self.store.measurements(exp.id)
-                    if m.status == "ok" and m.val_bpb is not None}
+            self._cleanup(new.id, None)
+        original = self._ok_values(exp.id)
         result: dict[str, Any] = {
             "original": exp.id, "replay": new.id, "onto": onto, "base_commit": base,
             "original_values": original, "replay_values": values, "ok": failed is None,
         }
         if failed is not None:
-            status = _JOB_STATUS.get(failed.status, ES.crashed)
-            self.store.transition(new.id, status, reason=_one_line(failed.error))
+            self._failed(new.id, failed)
             result["verdict"] = f"replay failed ({failed.status.value}): {_one_line(failed.error)}"
             return result
         check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
@@ -471,10 +464,8 @@ class ResearchLoop:
                                device=self.run.device,
                                out_dir=self.ws.exp_dir(exp_id) / f"seed-{seed}",
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
-                               gpu=self.settings.gpu, sandbox=self.settings.sandbox)
-            if m.ok and m.dataset_sha256 and m.dataset_sha256 != self.run.dataset_sha256:
-                m = m.model_copy(update={"status": RunStatus.overtime, "val_bpb": None,
-                                         "error": "measured on a different dataset"})
+                               gpu=self.settings.gpu, sandbox=self.settings.sandbox,
+                               expect_sha256=self.run.dataset_sha256)
             self.store.add_measurement(
                 experiment_id=exp_id, seed=seed, status=m.status.value, val_bpb=m.val_bpb,
                 val_loss=m.val_loss, train_tokens=m.train_tokens, steps=m.steps,
@@ -490,8 +481,17 @@ class ResearchLoop:
 
     def _champion_values(self) -> dict[int, float]:
         assert self.run is not None and self.run.champion_experiment_id is not None
-        ms = self.store.measurements(self.run.champion_experiment_id)
-        return {m.seed: m.val_bpb for m in ms if m.status == "ok" and m.val_bpb is not None}
+        return self._ok_values(self.run.champion_experiment_id)
+
+    def _ok_values(self, exp_id: int) -> dict[int, float]:
+        """seed -> val_bpb of an experiment's successful measurements."""
+        return {m.seed: m.val_bpb for m in self.store.measurements(exp_id)
+                if m.status == "ok" and m.val_bpb is not None}
+
+    def _failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
+        """Record a failed training job as the experiment's final status."""
+        return self.store.transition(exp_id, _JOB_STATUS[m.status], reason=_one_line(m.error),
+                                     **fields)
 
     def _best(self) -> float | None:
         assert self.run is not None
@@ -503,11 +503,10 @@ class ResearchLoop:
     def _seconds(self, exp_id: int) -> float:
         return sum(m.total_seconds for m in self.store.measurements(exp_id))
 
-    def _cleanup(self, exp_id: int, branch: str | None, discard: bool) -> None:
+    def _cleanup(self, exp_id: int, branch: str | None) -> None:
+        """Remove a finished experiment's worktree and branch, unless the user keeps them."""
         if not self.settings.keep_worktrees:
             self.ws.remove_worktree(exp_id, branch, delete_branch=True)
-        elif discard and branch:
-            pass  # the user asked to keep worktrees: leave branch and worktree for inspection
 
     def _write_json(self, exp_id: int, name: str, obj: Any) -> None:
         d = self.ws.exp_dir(exp_id)
@@ -521,12 +520,10 @@ class ResearchLoop:
             yield
         except (KeyboardInterrupt, AgentFatal, LoopStopped) as e:
             exp = self.store.get_experiment(exp_id)
-            if exp is not None and exp.status not in (ES.kept, ES.discarded, ES.rejected,
-                                                       ES.crashed, ES.timeout, ES.invalid,
-                                                       ES.interrupted):
+            if exp is not None and not is_done(exp):
                 why = "interrupted by the user" if isinstance(e, KeyboardInterrupt) else str(e)
                 self.store.transition(exp_id, ES.interrupted, reason=_one_line(why))
-            self._cleanup(exp_id, exp.branch if exp else None, discard=True)
+            self._cleanup(exp_id, exp.branch if exp else None)
             raise
 
     # -- what the agent sees ------------------------------------------------------------------

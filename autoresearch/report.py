@@ -149,7 +149,7 @@ def experiment_text(store: Store, e: Experiment) -> str:
             lines.append(f"  {k}: {_short(v)}")
     calls = d["agent_calls"]
     if calls:
-        known, unknown = store.costs([e.id or 0]).get(e.id or 0, (0.0, 0))
+        known, unknown = d["cost_usd"], d["calls_with_unknown_cost"]
         tokens_in = sum(c["input_tokens"] or 0 for c in calls)
         tokens_out = sum(c["output_tokens"] or 0 for c in calls)
         lines.append(f"agent    {len(calls)} call(s), {tokens_in:,} in / {tokens_out:,} out "

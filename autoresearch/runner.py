@@ -32,6 +32,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from autoresearch import sandbox as sandbox_mod
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
 from autoresearch.metrics import (
@@ -92,13 +93,15 @@ def measure(
     seq_len: int = 256,
     echo: bool = False,
     sandbox: bool = True,
+    expect_sha256: str | None = None,
 ) -> Metrics:
     """Train ``source`` under ``budget`` and evaluate it; write out_dir/{run.log,metrics.json}.
 
     Never raises for a failed job: the returned Metrics has a non-ok status and an error.
     ``timeout`` overrides the training process's hard deadline; ``echo`` also copies the
     processes' output to this process's stdout; ``sandbox`` fences the training process in
-    with Landlock where the OS has it (autoresearch/sandbox.py).
+    with Landlock where the OS has it (autoresearch/sandbox.py); ``expect_sha256`` refuses,
+    before training, a dataset other than the one a run was measured on.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -111,6 +114,11 @@ def measure(
         return _finish(metrics, out_dir, started)
     metrics.device = device
     metrics.dataset, metrics.dataset_sha256 = prepared.name, prepared.sha256
+    if expect_sha256 is not None and prepared.sha256 != expect_sha256:
+        metrics.error = (f"the dataset in {data} is {prepared.name} ({prepared.sha256[:12]}), "
+                         f"not the run's ({expect_sha256[:12]}): metrics from different "
+                         "corpora are never compared")
+        return _finish(metrics, out_dir, started)
     env = _child_env(gpu)
     sys.dont_write_bytecode = True  # our own late imports must not change the watched files
     installed = _installed_signature()
@@ -142,12 +150,8 @@ def measure(
              *(a for cache in caches for a in ("--writable", cache))],
             cwd=scratch, env=train_env, timeout=deadline, log=log)
         train = _read(scratch / "report.json", TrainReport)
-        if train is not None:
-            metrics.steps, metrics.train_tokens = train.steps, train.train_tokens
-            metrics.train_seconds = train.train_seconds
-            metrics.setup_seconds = train.setup_seconds
-            metrics.peak_memory_mb = train.peak_memory_mb
-            metrics.export_seconds = train.export_seconds
+        if train is not None:  # its bookkeeping only; status and error are judged below
+            metrics = metrics.model_copy(update=train.model_dump(exclude={"status", "error"}))
         if changed := _changed(installed, _installed_signature()):
             metrics.error = ("the training process changed installed code the evaluation runs: "
                              f"{changed}")
@@ -354,9 +358,7 @@ def _training_env(env: dict[str, str], scratch: Path) -> dict[str, str]:
 def _exposed(data: Path, source: Path, scratch: Path) -> str:
     """A warning when a folder the sandbox leaves readable holds the dataset (its cache inside
     the Python prefix or the import path, say): the fence would not hide the validation split."""
-    from autoresearch import sandbox
-
-    read, _ = sandbox.default_paths(source, scratch)
+    read, _ = sandbox_mod.default_paths(source, scratch)
     here = Path(data).resolve()
     for folder in read:
         with contextlib.suppress(OSError):
@@ -370,9 +372,7 @@ def sandbox_state(enabled: bool) -> str:
     the harness sets the fence up before any agent code runs, or fails)."""
     if not enabled:
         return "off"
-    from autoresearch import sandbox
-
-    version = sandbox.abi()
+    version = sandbox_mod.abi()
     return f"landlock v{version}" if version else "none (no Landlock on this system)"
 
 

@@ -54,14 +54,16 @@ FINAL = {
     ExperimentStatus.invalid,
     ExperimentStatus.interrupted,
 }
-_FAILURES = {
-    ExperimentStatus.rejected,
-    ExperimentStatus.crashed,
-    ExperimentStatus.timeout,
-    ExperimentStatus.invalid,
-    ExperimentStatus.interrupted,
-}
+_FAILURES = FINAL - {ExperimentStatus.kept, ExperimentStatus.discarded}
 S = ExperimentStatus
+
+
+def is_done(e: Experiment) -> bool:
+    """Nothing more will happen to ``e``: a final status, or a replay that was measured (a
+    replay reports whether it reproduces; it is never kept or discarded)."""
+    return e.status in FINAL or (e.kind == "replay" and e.status == S.measured)
+
+
 LEGAL: dict[ExperimentStatus, set[ExperimentStatus]] = {
     S.proposed: {S.applied} | _FAILURES,
     S.applied: {S.running} | _FAILURES,
@@ -356,11 +358,6 @@ class Store:
         with self._tx() as s:
             q = select(Measurement).where(Measurement.experiment_id == exp_id)
             return [_detach(m) for m in s.exec(q.order_by(col(Measurement.id)))]
-
-    def delete_measurements(self, exp_id: int) -> None:
-        with self._tx() as s:
-            for m in s.exec(select(Measurement).where(Measurement.experiment_id == exp_id)):
-                s.delete(m)
 
     def add_call(self, **fields: Any) -> AgentCall:
         with self._tx() as s:

@@ -198,3 +198,12 @@ def test_a_module_that_would_shadow_an_import_trips_the_wire_and_a_readme_does_n
     assert runner._changed(before, runner._installed_signature()) == ""
     (tmp_path / "torch.py").write_text("cross_entropy = None\n")
     assert runner._changed(before, runner._installed_signature()) == str(tmp_path)
+
+
+def test_a_dataset_other_than_the_runs_is_refused_before_training(
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    m = run_source(SOURCES / "tiny", prepared_data, tmp_path, expect_sha256="0" * 64)
+    assert m.status == RunStatus.crash and m.val_bpb is None and m.steps == 0
+    assert m.error is not None and "never compared" in m.error
+    assert not (tmp_path / "run.log").exists()  # nothing was started
