@@ -308,15 +308,14 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
-                 device: str, expect: dict[str, torch.Tensor] | None = None) -> None:
+                 device: str, expect: dict[str, torch.Tensor]) -> None:
     """torch.export the model on a fixed (batch, seq_len) input and save its aten graph.
 
-    With ``expect`` (a :func:`snapshot`), the exported parameters and buffers must equal it:
-    a model that trains on inside ``eval()`` or during tracing, after the clock stopped, is
-    refused."""
+    ``model`` is the plain module (:func:`_unwrap`); its exported parameters and buffers must
+    equal ``expect`` (a :func:`snapshot`): a model that trains on inside ``eval()`` or during
+    tracing, after the clock stopped, is refused."""
     from torch.export.graph_signature import InputKind, OutputKind
 
-    model = _unwrap(model)
     model.to(device).eval()
     example = torch.zeros((batch, seq_len), dtype=torch.long, device=device)
     try:
@@ -342,7 +341,7 @@ def export_model(model: torch.nn.Module, path: Path, batch: int, seq_len: int,
                 raise InvalidModel(f"the exported model has an input of kind {spec.kind.name}")
             value = program.state_dict.get(spec.target)
             value = program.constants[spec.target] if value is None else value
-            if expect is not None and spec.kind != InputKind.CONSTANT_TENSOR:
+            if spec.kind != InputKind.CONSTANT_TENSOR:
                 _same_weights(str(spec.target), value, expect)
             tensors[node.name] = value.detach()
             nodes.append({"op": "tensor", "name": node.name,

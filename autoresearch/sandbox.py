@@ -37,10 +37,8 @@ _REMOVE_DIR, _REMOVE_FILE, _MAKE_CHAR, _MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 
 _MAKE_REG, _MAKE_SOCK, _MAKE_FIFO, _MAKE_BLOCK, _MAKE_SYM = (1 << 8, 1 << 9, 1 << 10, 1 << 11,
                                                             1 << 12)
 _REFER, _TRUNCATE, _IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-_FS_V1 = (1 << 13) - 1
-_FS_BY_ABI = {1: _FS_V1, 2: _FS_V1 | _REFER, 3: _FS_V1 | _REFER | _TRUNCATE,
-              4: _FS_V1 | _REFER | _TRUNCATE}  # 4 added network rules only
-_FS_LATEST = _FS_V1 | _REFER | _TRUNCATE | _IOCTL_DEV  # ABI 5 and later
+_FS_V1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+_FS_ADDED = ((2, _REFER), (3, _TRUNCATE), (5, _IOCTL_DEV))  # (ABI, right it introduced)
 _FILE_ONLY = _EXECUTE | _WRITE_FILE | _READ_FILE | _TRUNCATE | _IOCTL_DEV  # a file rule's rights
 _READ = _EXECUTE | _READ_FILE | _READ_DIR
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
@@ -98,7 +96,9 @@ def restrict(read: Iterable[str], write: Iterable[str]) -> str:
     version = abi()
     if version < 1:
         return "none (no Landlock on this system)"
-    fs = _FS_BY_ABI.get(version, _FS_LATEST)
+    fs = _FS_V1
+    for since, right in _FS_ADDED:
+        fs |= right if version >= since else 0
     attr = _RulesetAttr(handled_access_fs=fs)
     size = 8
     if version >= 4:
