@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from autoresearch.agents.base import Edit, Proposal
+from autoresearch.agents.prompts import fence
 
 
 class EditError(Exception):
@@ -366,9 +367,14 @@ def _reindent(line: str, m: _Match) -> str:
     return line[min(len(_indent(line)), len(m.prefix)) :]  # less indented than the shift
 
 
+def _first_line(search_lines: list[str]) -> str:
+    """The first non-blank SEARCH line, stripped (names the SEARCH text in messages)."""
+    return next((s.strip() for s in search_lines if s.strip()), "")
+
+
 def _ambiguous(path: str, search_lines: list[str], starts: list[int]) -> EditError:
     where = ", ".join(str(s + 1) for s in starts[:8])
-    first = next((s.strip() for s in search_lines if s.strip()), "")
+    first = _first_line(search_lines)
     return EditError(
         f"The SEARCH text for {path} (starting {first!r}) matches {len(starts)} places "
         f"(lines {where}); it must match exactly once. Add neighbouring lines to the SEARCH "
@@ -377,7 +383,7 @@ def _ambiguous(path: str, search_lines: list[str], starts: list[int]) -> EditErr
 
 
 def _not_found(path: str, file_lines: list[str], search_lines: list[str]) -> str:
-    first = next((s.strip() for s in search_lines if s.strip()), "")
+    first = _first_line(search_lines)
     msg = [
         f"The SEARCH text for {path} (starting {first!r}) was not found. SEARCH must copy "
         "existing lines exactly, including indentation, comments and blank lines."
@@ -390,7 +396,7 @@ def _not_found(path: str, file_lines: list[str], search_lines: list[str]) -> str
         body = "\n".join(window)
         msg.append(
             f"Did you mean these lines ({start + 1}-{start + len(window)} of the current "
-            f"file)?\n```\n{body}\n```"
+            f"file)?\n{fence(body)}"
         )
     return "\n".join(msg)
 

@@ -37,6 +37,17 @@ def generated_text(n_bytes: int = 120_000, seed: int = 0) -> str:
     return "".join(out)[:n_bytes]
 
 
+def bigram_corpus(path: Path) -> Path:
+    """A small corpus with strong bigram structure, so a learning model is easy to tell apart."""
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed"]
+    state, out = 12345, []
+    for _ in range(12000):
+        state = (1103515245 * state + 12345) % 2**31
+        out.append(words[state % len(words)])
+    path.write_text(" ".join(out) + "\n", encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def make_dataset(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., data.PreparedData]:
     """make_dataset(text, name) -> PreparedData, prepared in a session-wide temporary cache."""

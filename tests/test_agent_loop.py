@@ -30,10 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import bigram_corpus as corpus
 from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Request
 from typer.testing import CliRunner
 
 from autoresearch import edits
+from autoresearch.agents.llm import KEY_VARS
 from autoresearch.agents.pricing import PRICES
 from autoresearch.cli import app
 from autoresearch.store import AgentCall, Store
@@ -47,7 +49,6 @@ BASELINE = LOOP_SOURCE.read_text(encoding="utf-8")
 TOKENS = "4096"  # the smallest useful budget: the cost of a measurement is process start-up
 PROVIDERS = ["anthropic", "openai"]
 MODELS = {"anthropic": "claude-haiku-4-5", "openai": "gpt-4.1-mini"}  # in the price table
-KEY_VARS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 AGENT_TIMEOUT = 1.0  # seconds; the late answers below come after 5
 
 GOOD = (
@@ -99,17 +100,6 @@ CAP = {p: round(1.25 * c, 6) for p, c in EXP4_COST.items()}
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-def corpus(path: Path) -> Path:
-    """A small corpus with strong bigram structure (as in test_loop)."""
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed"]
-    state, out = 12345, []
-    for _ in range(12000):
-        state = (1103515245 * state + 12345) % 2**31
-        out.append(words[state % len(words)])
-    path.write_text(" ".join(out) + "\n", encoding="utf-8")
-    return path
 
 
 def invoke(ws: Path, *args: str) -> tuple[int, str]:

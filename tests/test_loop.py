@@ -13,6 +13,7 @@ from pathlib import Path
 
 import git
 import pytest
+from conftest import bigram_corpus as corpus
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
@@ -37,17 +38,6 @@ CRASH = {"title": "Crash on purpose", "rationale": "",
 MISSING = {"title": "Edit a line that is not there", "rationale": "",
            "edits": [{"path": "train.py", "search": "THIS LINE DOES NOT EXIST",
                       "replace": "x = 1"}]}
-
-
-def corpus(path: Path) -> Path:
-    """A small corpus with strong bigram structure, so a learning model is easy to tell apart."""
-    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed"]
-    state, out = 12345, []
-    for _ in range(12000):
-        state = (1103515245 * state + 12345) % 2**31
-        out.append(words[state % len(words)])
-    path.write_text(" ".join(out) + "\n", encoding="utf-8")
-    return path
 
 
 @pytest.fixture

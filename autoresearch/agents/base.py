@@ -68,7 +68,6 @@ class Context(BaseModel):
     last_crash_log: str | None = None
     repair: str | None = None  # why the previous answer could not be used
     previous_answer: str | None = None
-    experiment_id: int | None = None
 
 
 @dataclass

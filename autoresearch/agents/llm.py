@@ -21,21 +21,19 @@ import anthropic
 import openai
 
 from autoresearch.agents.base import AgentError, AgentFatal, Answer, CallRecord, Context
-from autoresearch.agents.pricing import Price, cost_usd
-from autoresearch.agents.prompts import HISTORY_TOKENS, prompts_dir, render_conversation
+from autoresearch.agents.pricing import PriceTable, cost_usd
+from autoresearch.agents.prompts import (
+    HISTORY_TOKENS,
+    _one_line,
+    prompts_dir,
+    render_conversation,
+)
 
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
 KEY_VARS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 BASE_URL_VARS = {"anthropic": "ANTHROPIC_BASE_URL", "openai": "OPENAI_BASE_URL"}
 PLACEHOLDER_KEY = "not-needed"
 RETRY_STATUSES = frozenset({408, 409, 425, 429})  # and every status >= 500
-
-PriceTable = Mapping[str, Price | tuple[float, float]]
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _error_message(exc: Exception) -> str:
@@ -79,7 +77,6 @@ class LLMAgent:
         prompts_dir: Path | None = None,
         prices: PriceTable | None = None,
         max_tokens: int = 16_000,  # room for thinking plus a whole-file rewrite
-        temperature: float | None = None,
         history_tokens: int = HISTORY_TOKENS,
         backoff: float = 2.0,
         max_backoff: float = 60.0,
@@ -92,7 +89,6 @@ class LLMAgent:
         self.prompts_dir = prompts_dir
         self.prices = prices
         self.max_tokens = max_tokens
-        self.temperature = temperature
         self.history_tokens = history_tokens
         self.backoff = backoff
         self.max_backoff = max_backoff
@@ -111,23 +107,24 @@ class LLMAgent:
 
     # -- provider hooks ----------------------------------------------------------------------
 
+    client_class: Callable[..., Any]  # the SDK's client class
+    transient_types: tuple[type[Exception], ...]  # connection errors and timeouts
+    status_types: tuple[type[Exception], ...]  # the provider answered with an HTTP error
+    error_types: tuple[type[Exception], ...]  # every error the SDK raises
+
     def _make_client(self) -> Any:
-        raise NotImplementedError
+        return self.client_class(
+            api_key=self.api_key,
+            base_url=self.base_url,
+            timeout=self.timeout,
+            max_retries=0,
+        )
 
     def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
         """One request: (text, usage object, model named by the response)."""
         raise NotImplementedError
 
     def _usage(self, usage: Any) -> tuple[int | None, int | None]:
-        raise NotImplementedError
-
-    def _transient_types(self) -> tuple[type[Exception], ...]:
-        raise NotImplementedError
-
-    def _status_types(self) -> tuple[type[Exception], ...]:
-        raise NotImplementedError
-
-    def _error_types(self) -> tuple[type[Exception], ...]:
         raise NotImplementedError
 
     # -- the call ----------------------------------------------------------------------------
@@ -155,11 +152,11 @@ class LLMAgent:
             started = time.monotonic()
             try:
                 text, usage, model = self._send(system, messages)
-            except self._error_types() as exc:
+            except self.error_types as exc:
                 record.latency_s = time.monotonic() - started
                 reason, delay = self._classify(exc)
                 record.error = reason
-                if isinstance(exc, self._status_types()):
+                if isinstance(exc, self.status_types):
                     record.cost_usd = 0.0  # the provider answered with an error: nothing billed
                 if delay is None:
                     raise AgentFatal(f"{self.name} ({self.model}): {reason}", calls) from None
@@ -188,12 +185,10 @@ class LLMAgent:
 
     def _classify(self, exc: Exception) -> tuple[str, float | None]:
         """(one-line reason, minimum delay before a retry — None when a retry cannot help)."""
-        if isinstance(exc, self._transient_types()):
+        if isinstance(exc, self.transient_types):
             kind = "timed out" if "timeout" in type(exc).__name__.lower() else "connection error"
             return f"{kind} ({_error_message(exc)})", 0.0
-        status = (
-            getattr(exc, "status_code", None) if isinstance(exc, self._status_types()) else None
-        )
+        status = getattr(exc, "status_code", None) if isinstance(exc, self.status_types) else None
         message = _error_message(exc)
         if status is None:
             return f"{type(exc).__name__}: {message}", None
@@ -213,25 +208,17 @@ class LLMAgent:
 
 class AnthropicAgent(LLMAgent):
     name = "anthropic"
-
-    def _make_client(self) -> Any:
-        return anthropic.Anthropic(
-            api_key=self.api_key,
-            base_url=self.base_url,
-            timeout=self.timeout,
-            max_retries=0,
-        )
+    client_class = anthropic.Anthropic
+    transient_types = (anthropic.APIConnectionError,)  # includes APITimeoutError
+    status_types = (anthropic.APIStatusError,)
+    error_types = (anthropic.AnthropicError,)
 
     def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
-        extra: dict[str, Any] = {}
-        if self.temperature is not None:
-            extra["temperature"] = self.temperature
         response = self.client.messages.create(
             model=self.model,
             max_tokens=self.max_tokens,
             system=system,
             messages=messages,
-            **extra,
         )
         text = "".join(
             getattr(block, "text", "")
@@ -249,37 +236,20 @@ class AnthropicAgent(LLMAgent):
         inp = getattr(usage, "input_tokens", None)
         return (None if inp is None else inp + cached), getattr(usage, "output_tokens", None)
 
-    def _transient_types(self) -> tuple[type[Exception], ...]:
-        return (anthropic.APIConnectionError,)  # includes APITimeoutError
-
-    def _status_types(self) -> tuple[type[Exception], ...]:
-        return (anthropic.APIStatusError,)
-
-    def _error_types(self) -> tuple[type[Exception], ...]:
-        return (anthropic.AnthropicError,)
-
 
 class OpenAIAgent(LLMAgent):
     """OpenAI, or any server speaking its Chat Completions API (vLLM, Ollama, ...) via base_url."""
 
     name = "openai"
-
-    def _make_client(self) -> Any:
-        return openai.OpenAI(
-            api_key=self.api_key,
-            base_url=self.base_url,
-            timeout=self.timeout,
-            max_retries=0,
-        )
+    client_class = openai.OpenAI
+    transient_types = (openai.APIConnectionError,)  # includes APITimeoutError
+    status_types = (openai.APIStatusError,)
+    error_types = (openai.OpenAIError,)
 
     def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
-        extra: dict[str, Any] = {}
-        if self.temperature is not None:
-            extra["temperature"] = self.temperature
         response = self.client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": system}, *messages],
-            **extra,
         )
         choices = response.choices or []
         text = (choices[0].message.content or "") if choices else ""
@@ -289,15 +259,6 @@ class OpenAIAgent(LLMAgent):
         if usage is None:
             return None, None
         return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-
-    def _transient_types(self) -> tuple[type[Exception], ...]:
-        return (openai.APIConnectionError,)  # includes APITimeoutError
-
-    def _status_types(self) -> tuple[type[Exception], ...]:
-        return (openai.APIStatusError,)
-
-    def _error_types(self) -> tuple[type[Exception], ...]:
-        return (openai.OpenAIError,)
 
 
 AGENTS: dict[str, type[LLMAgent]] = {"anthropic": AnthropicAgent, "openai": OpenAIAgent}
@@ -328,13 +289,8 @@ def choose_auto(
 ) -> tuple[str, str]:
     """Which agent "auto" means here: (agent name, one-line notice for the user)."""
     env = os.environ if environ is None else environ
-    if env.get("ANTHROPIC_API_KEY", "").strip():
-        return (
-            "anthropic",
-            f"agent: anthropic ({DEFAULT_MODELS['anthropic']}), ANTHROPIC_API_KEY is set",
-        )
-    if env.get("OPENAI_API_KEY", "").strip():
-        return "openai", f"agent: openai ({DEFAULT_MODELS['openai']}), OPENAI_API_KEY is set"
-    return offline, (
-        f"agent: {offline} (offline): neither ANTHROPIC_API_KEY nor OPENAI_API_KEY is set"
-    )
+    for provider, var in KEY_VARS.items():
+        if env.get(var, "").strip():
+            return provider, f"agent: {provider} ({DEFAULT_MODELS[provider]}), {var} is set"
+    names = " nor ".join(KEY_VARS.values())
+    return offline, f"agent: {offline} (offline): neither {names} is set"

@@ -17,6 +17,10 @@ class Price(NamedTuple):
     output_per_mtok: float  # USD per million output (completion) tokens
 
 
+# An override table: model name -> Price, or (input, output) USD per million tokens.
+PriceTable = Mapping[str, Price | tuple[float, float]]
+
+
 # List prices for standard requests (no batch, cache or long-context rates), from the vendors'
 # model and pricing pages as of late 2026. Verify before relying on totals.
 PRICES: dict[str, Price] = {
@@ -50,9 +54,7 @@ PRICES: dict[str, Price] = {
 _DATE_SUFFIX = re.compile(r"-(?:\d{8}|\d{4}-\d{2}-\d{2}|latest)$")
 
 
-def price_of(
-    model: str, prices: Mapping[str, Price | tuple[float, float]] | None = None
-) -> Price | None:
+def price_of(model: str, prices: PriceTable | None = None) -> Price | None:
     """The price of ``model`` (override table first, then the built-in one), or None."""
     table: dict[str, Price] = dict(PRICES)
     for name, value in (prices or {}).items():
@@ -68,7 +70,7 @@ def cost_usd(
     model: str,
     input_tokens: int | None,
     output_tokens: int | None,
-    prices: Mapping[str, Price | tuple[float, float]] | None = None,
+    prices: PriceTable | None = None,
 ) -> float | None:
     """Dollars for one call, or None when the price or the token counts are unknown."""
     price = price_of(model, prices)

@@ -21,7 +21,7 @@ from autoresearch.agents.base import Context, HistoryItem, Stats
 from autoresearch.errors import AutoresearchError
 
 TEMPLATES = ("system.md", "propose.md", "repair.md")
-KEPT_STATUSES = frozenset({"kept", "keep"})
+KEPT_STATUSES = frozenset({"kept"})
 CHARS_PER_TOKEN = 4
 HISTORY_TOKENS = 2000  # default budget for the history section
 CRASH_LOG_LINES = 60
@@ -99,8 +99,9 @@ def render(template: str, variables: Mapping[str, object], *, name: str = "templ
 # -- history ----------------------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int) -> str:
-    text = " ".join(text.split())
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, whitespace collapsed, cut to ``limit`` characters."""
+    text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -155,11 +156,10 @@ def render_history(
     *,
     omitted_before: int = 0,
     budget_tokens: int = HISTORY_TOKENS,
-    kept_ids: Collection[int] | None = None,
 ) -> str:
     if not items and not omitted_before:
         return "No experiments yet: this is the first proposal."
-    shown, dropped = fit_history(items, budget_tokens, kept_ids=kept_ids)
+    shown, dropped = fit_history(items, budget_tokens)
     lines = []
     total = omitted_before + dropped
     if total:
@@ -244,7 +244,6 @@ def variables(context: Context, *, history_tokens: int = HISTORY_TOKENS) -> dict
         ),
         "crash_log": render_crash_log(context.last_crash_log),
         "error": (context.repair or "").strip(),
-        "experiment_id": "" if context.experiment_id is None else str(context.experiment_id),
     }
 
 
