@@ -23,8 +23,9 @@ from autoresearch.agents.pricing import price_of
 from autoresearch.config import Settings, load_settings
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop import LoopStopped, ResearchLoop
+from autoresearch.models import ExperimentStatus
 from autoresearch.progress import make_reporter
-from autoresearch.store import Experiment, ExperimentStatus, Store
+from autoresearch.store import Experiment, Store
 from autoresearch.workspace import Workspace, init_workspace
 
 app = typer.Typer(
@@ -223,14 +224,18 @@ def loop(
                 s = Settings.model_validate_json(run.config).model_copy(update=overrides)
                 assert run.id is not None
                 store.update_run(run.id, config=s.model_dump_json(exclude={"prices"}))
-                ag = make_agent(run.agent, settings=s, store=store, run=run,
-                                notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                # a resumed mock agent continues its script where the last session stopped
+                done_calls = 0 if run.agent != "mock" else sum(
+                    1 for c in store.calls(run_id=run.id) if c.provider == "mock")
+                ag = make_agent(run.agent, settings=s, notice=reporter.notice,
+                                prompts_dir=ws.root / "prompts", start=done_calls,
+                                model=run.model or None)
                 _check_cap(s, ag)
                 lp = ResearchLoop(s, store, ws, ag, reporter)
                 lp.resume(run, budget)
             else:
-                ag = make_agent(s.agent, settings=s, store=store, run=None,
-                                notice=reporter.notice, prompts_dir=ws.root / "prompts")
+                ag = make_agent(s.agent, settings=s, notice=reporter.notice,
+                                prompts_dir=ws.root / "prompts")
                 _check_cap(s, ag)
                 lp = ResearchLoop(s, store, ws, ag, reporter)
                 lp.start(budget if budget is not None else 20)

@@ -36,8 +36,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from autoresearch.agents.base import Edit, Proposal
 from autoresearch.agents.prompts import fence
+from autoresearch.models import Edit, Proposal
 
 
 class EditError(Exception):

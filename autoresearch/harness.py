@@ -43,9 +43,9 @@ from autoresearch.metrics import (
     TIME_GRACE,
     Budget,
     EvalReport,
-    RunStatus,
     TrainReport,
 )
+from autoresearch.models import RunStatus
 
 SEQ_LEN = 256  # evaluation context length, the same for every experiment
 # device kind -> (windows per evaluation batch, validation tokens evaluated); fixed so that

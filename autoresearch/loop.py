@@ -19,23 +19,22 @@ from typing import Any, Protocol
 
 from autoresearch import decide as decide_mod
 from autoresearch import edits, guard, runner
-from autoresearch.agents.base import (
-    Agent,
-    AgentError,
-    AgentExhausted,
-    AgentFatal,
-    Answer,
-    CallRecord,
-    Context,
-    HistoryItem,
-    Proposal,
-    Stats,
-)
+from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.metrics import Budget, Metrics, RunStatus
-from autoresearch.store import Experiment, ExperimentStatus, Run, RunState, Store, is_done
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import (
+    CallRecord,
+    Context,
+    ExperimentStatus,
+    HistoryItem,
+    Proposal,
+    RunState,
+    RunStatus,
+    Stats,
+)
+from autoresearch.store import Experiment, Run, Store, is_done
 from autoresearch.workspace import Workspace
 
 ES = ExperimentStatus

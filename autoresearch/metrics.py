@@ -6,23 +6,12 @@ else is ever parsed from a training job: stdout is for humans only.
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-
-class RunStatus(enum.StrEnum):
-    ok = "ok"
-    crash = "crash"  # an exception in train() or in the harness around it
-    nan = "nan"  # non-finite loss/logits
-    overtime = "overtime"  # train() returned, but well past its budget
-    invalid_model = "invalid_model"  # not a module, wrong logits shape, ...
-    not_causal = "not_causal"  # logits at t depend on tokens at >= t
-    timeout = "timeout"  # the runner killed the job at its hard deadline
-    rejected = "rejected"  # set by the orchestrator (guard), never by the harness
-
+from autoresearch.models import RunStatus
 
 TIME_GRACE = (0.10, 2.0)  # a time budget may run over by 10% + 2 s before it is overtime
 SETUP_CAP = 60.0  # default seconds from importing train.py to the first batch

@@ -41,9 +41,9 @@ from autoresearch.metrics import (
     Budget,
     EvalReport,
     Metrics,
-    RunStatus,
     TrainReport,
 )
+from autoresearch.models import RunStatus
 
 TOKEN_BUDGET_TIMEOUT = 600.0  # seconds a token-budget training process may take in all
 EXPORT_ALLOWANCE = 60.0  # seconds for torch.export after train() returns

@@ -7,7 +7,6 @@ reader can hold them while a loop keeps writing.
 
 from __future__ import annotations
 
-import enum
 import json
 import sqlite3
 import time
@@ -23,26 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
+from autoresearch.models import ExperimentStatus, RunState
 
 SCHEMA_VERSION = 1
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class ExperimentStatus(enum.StrEnum):
-    proposed = "proposed"
-    applied = "applied"
-    running = "running"
-    measured = "measured"
-    kept = "kept"
-    discarded = "discarded"
-    rejected = "rejected"  # the proposal could not be used (edits, guard, agent failure)
-    crashed = "crashed"  # the training job failed (crash, nan, invalid model, not causal, ...)
-    timeout = "timeout"  # killed at its hard deadline
-    invalid = "invalid"  # ran, but its result cannot count (overtime, wrong dataset, ...)
-    interrupted = "interrupted"  # the loop stopped while it was in flight
 
 
 FINAL = {
@@ -74,13 +60,6 @@ LEGAL: dict[ExperimentStatus, set[ExperimentStatus]] = {
 
 class IllegalTransition(StoreError):
     pass
-
-
-class RunState(enum.StrEnum):
-    running = "running"
-    finished = "finished"
-    stopped = "stopped"  # Ctrl-C, cost cap, fatal agent error: resumable
-    failed = "failed"  # the baseline itself could not be measured
 
 
 class Meta(SQLModel, table=True):

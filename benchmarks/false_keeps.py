@@ -43,8 +43,9 @@ from autoresearch import decide
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.loop import ResearchLoop
+from autoresearch.models import ExperimentStatus
 from autoresearch.progress import PlainReporter
-from autoresearch.store import ExperimentStatus, Store
+from autoresearch.store import Store
 from autoresearch.workspace import Workspace, init_workspace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import pytest
 
 from autoresearch import runner
 from autoresearch.data import PreparedData
-from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
 
 BASELINE = Path(__file__).resolve().parents[1] / "baseline"
 TOKENS = Budget(kind="tokens", amount=200 * 1024)  # 200 steps of the CPU preset, ~8 s

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoresearch.agents.base import Edit
 from autoresearch.edits import EditError, FormatError, apply_edit, apply_edits, parse_answer
+from autoresearch.models import Edit
 
 SOURCE = """\
 import torch

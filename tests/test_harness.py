@@ -16,7 +16,8 @@ import torch
 from autoresearch import harness
 from autoresearch.data import PreparedData
 from autoresearch.harness import BudgetExhausted, NonFiniteLoss, Run
-from autoresearch.metrics import Budget, EvalReport, RunStatus, TrainReport
+from autoresearch.metrics import Budget, EvalReport, TrainReport
+from autoresearch.models import RunStatus
 
 SOURCES = Path(__file__).parent / "sources"
 TrainFn = Callable[..., tuple[int, TrainReport, Path]]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer
 
-from autoresearch.agents.base import AgentError, AgentFatal, Context, HistoryItem, Stats
+from autoresearch.agents.base import AgentError, AgentFatal
 from autoresearch.agents.llm import (
     DEFAULT_MODELS,
     PLACEHOLDER_KEY,
@@ -23,6 +23,7 @@ from autoresearch.agents.llm import (
 from autoresearch.agents.pricing import PRICES, Price, cost_usd, price_of
 from autoresearch.edits import parse_answer
 from autoresearch.errors import UsageError
+from autoresearch.models import Context, HistoryItem, Stats
 
 SOURCE = "LR = 1e-3  # learning rate\nSTEPS = 100\n\n\ndef train(run):\n    return model\n"
 ANSWER = (

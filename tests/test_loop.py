@@ -17,7 +17,7 @@ from conftest import bigram_corpus as corpus
 from typer.testing import CliRunner
 
 from autoresearch.cli import app
-from autoresearch.store import ExperimentStatus as ES
+from autoresearch.models import ExperimentStatus as ES
 from autoresearch.store import Store
 from autoresearch.workspace import init_workspace
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from autoresearch import edits, guard
-from autoresearch.agents import AgentExhausted, Context
+from autoresearch.agents import AgentExhausted
 from autoresearch.agents.mock import MockAgent, load_script
 from autoresearch.errors import UsageError
+from autoresearch.models import Context
 from autoresearch.workspace import bundled
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.agents.base import Context, HistoryItem, Stats
 from autoresearch.agents.prompts import (
     CHARS_PER_TOKEN,
     TEMPLATES,
@@ -21,6 +20,7 @@ from autoresearch.agents.prompts import (
 )
 from autoresearch.edits import FORMAT_REMINDER, parse_answer
 from autoresearch.errors import AutoresearchError
+from autoresearch.models import Context, HistoryItem, Stats
 
 SOURCE = "LR = 1e-3  # learning rate\n\n\ndef train(run):\n    return model\n"
 

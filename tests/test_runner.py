@@ -16,7 +16,8 @@ import pytest
 from autoresearch import runner
 from autoresearch.data import PreparedData
 from autoresearch.errors import UsageError
-from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
 
 SOURCES = Path(__file__).parent / "sources"
 TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source

@@ -17,7 +17,8 @@ from conftest import generated_text
 
 from autoresearch import data, runner, sandbox
 from autoresearch.data import PreparedData
-from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
 
 SOURCE = Path(__file__).parent / "sources" / "escape"
 ABI = sandbox.abi()

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import StoreError
-from autoresearch.store import ExperimentStatus as ES
-from autoresearch.store import IllegalTransition, RunState, Store
+from autoresearch.models import ExperimentStatus as ES
+from autoresearch.models import RunState
+from autoresearch.store import IllegalTransition, Store
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -1,72 +1,41 @@
-"""Agents propose changes to the editable training source."""
+"""Agents propose changes to the editable training source; ``make_agent`` builds one by name."""
 
 from collections.abc import Callable
 from pathlib import Path
 
-from autoresearch.agents.base import (
-    Agent,
-    AgentError,
-    AgentExhausted,
-    AgentFatal,
-    Answer,
-    CallRecord,
-    Context,
-    Edit,
-    HistoryItem,
-    Proposal,
-    Stats,
-)
+from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
+from autoresearch.config import Settings
+from autoresearch.errors import UsageError
 
-__all__ = [
-    "Agent",
-    "AgentError",
-    "AgentExhausted",
-    "AgentFatal",
-    "Answer",
-    "CallRecord",
-    "Context",
-    "Edit",
-    "HistoryItem",
-    "Proposal",
-    "Stats",
-    "make_agent",
-]
+__all__ = ["Agent", "AgentError", "AgentExhausted", "AgentFatal", "Answer", "make_agent"]
 
 
 def make_agent(
     name: str,
     *,
-    settings: object,
-    store: object,
-    run: object | None,
+    settings: Settings,
     notice: Callable[[str], None],
     prompts_dir: Path | None = None,
+    start: int = 0,
+    model: str | None = None,
 ) -> Agent:
-    """Build the agent a run asks for; ``auto`` picks by which API key is set."""
-    from autoresearch.agents.mock import MockAgent
-    from autoresearch.config import Settings
-    from autoresearch.errors import UsageError
-    from autoresearch.store import Run, Store
+    """Build the agent a run asks for; ``auto`` picks by which API key is set.
 
-    assert isinstance(settings, Settings) and isinstance(store, Store)
+    ``start`` is where a scripted (mock) agent resumes its script; ``model`` is the model a
+    resumed run used, for when the settings name none."""
+    from autoresearch.agents.mock import MockAgent
+
     if name == "auto":
         from autoresearch.agents.llm import choose_auto
 
         name, why = choose_auto()
         notice(why)
     if name == "mock":
-        start = 0
-        if isinstance(run, Run) and run.id is not None:
-            # a resumed run continues the script where the last session stopped
-            start = sum(1 for c in store.calls(run_id=run.id) if c.provider == "mock")
         return MockAgent(settings.script, start=start)
     if name in ("anthropic", "openai"):
         from autoresearch.agents.llm import make_llm_agent
 
-        model = settings.model
-        if isinstance(run, Run) and run.model and not model:
-            model = run.model
-        return make_llm_agent(name, model=model, base_url=settings.base_url,
+        return make_llm_agent(name, model=settings.model or model, base_url=settings.base_url,
                               prompts_dir=prompts_dir, prices=settings.prices,
                               timeout=settings.agent_timeout, max_retries=settings.agent_retries,
                               backoff=settings.agent_backoff)

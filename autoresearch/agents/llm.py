@@ -20,7 +20,7 @@ from typing import Any
 import anthropic
 import openai
 
-from autoresearch.agents.base import AgentError, AgentFatal, Answer, CallRecord, Context
+from autoresearch.agents.base import AgentError, AgentFatal, Answer
 from autoresearch.agents.pricing import PriceTable, cost_usd
 from autoresearch.agents.prompts import (
     HISTORY_TOKENS,
@@ -28,6 +28,7 @@ from autoresearch.agents.prompts import (
     prompts_dir,
     render_conversation,
 )
+from autoresearch.models import CallRecord, Context
 
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
 KEY_VARS = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}

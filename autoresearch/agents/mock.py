@@ -19,8 +19,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from autoresearch.agents.base import AgentExhausted, Answer, CallRecord, Context, Edit, Proposal
+from autoresearch.agents.base import AgentExhausted, Answer
 from autoresearch.errors import UsageError
+from autoresearch.models import CallRecord, Context, Edit, Proposal
 
 
 def load_script(path: Path) -> list[dict[str, object]]:

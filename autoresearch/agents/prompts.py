@@ -17,8 +17,8 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import autoresearch
-from autoresearch.agents.base import Context, HistoryItem, Stats
 from autoresearch.errors import AutoresearchError
+from autoresearch.models import Context, HistoryItem, Stats
 
 TEMPLATES = ("system.md", "propose.md", "repair.md")
 KEPT_STATUSES = frozenset({"kept"})

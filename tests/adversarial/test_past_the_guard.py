@@ -31,7 +31,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch import data, guard, runner
-from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
 
 SOURCES = Path(__file__).resolve().parent / "sources"
 TOKENS = Budget(kind="tokens", amount=4096)

@@ -1,0 +1,122 @@
+"""Shared data types: what an agent sees and answers, what a call cost, and the statuses.
+
+A neutral module: it imports nothing from the package, so ``edits``, ``agents``, ``store``,
+``loop`` and the harness's ``metrics`` can all use these types without importing each other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class Edit(BaseModel):
+    """One change to one editable file: a SEARCH/REPLACE pair, or a whole new ``content``."""
+
+    path: str
+    search: str | None = None
+    replace: str | None = None
+    content: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Edit:
+        whole = self.content is not None
+        pair = self.search is not None or self.replace is not None
+        if whole == pair:
+            raise ValueError("an edit has either 'content' or both 'search' and 'replace'")
+        if pair and (self.search is None or self.replace is None):
+            raise ValueError("a search/replace edit needs both 'search' and 'replace'")
+        return self
+
+
+class Proposal(BaseModel):
+    title: str = Field(min_length=1)
+    rationale: str = ""
+    edits: list[Edit] = Field(min_length=1)
+
+
+class Stats(BaseModel):
+    """A metric measured over seeds."""
+
+    mean: float
+    std: float = 0.0
+    n: int = 1
+
+
+class HistoryItem(BaseModel):
+    id: int
+    title: str
+    status: str
+    delta: float | None = None  # candidate - champion on val_bpb (negative is better)
+    reason: str = ""
+
+
+class Context(BaseModel):
+    """What an agent is shown for one proposal."""
+
+    files: dict[str, str]  # editable path -> current champion source
+    metric: str = "val_bpb"
+    direction: str = "lower"
+    budget: str = ""  # human description, e.g. "60 s wall-clock"
+    device: str = "cpu"
+    baseline: Stats | None = None
+    champion: Stats | None = None
+    history: list[HistoryItem] = Field(default_factory=list)
+    omitted: int = 0  # how many older attempts were summarised away
+    last_crash_log: str | None = None
+    repair: str | None = None  # why the previous answer could not be used
+    previous_answer: str | None = None
+
+
+@dataclass
+class CallRecord:
+    """One model call, as recorded in the store."""
+
+    provider: str
+    model: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    latency_s: float = 0.0
+    cost_usd: float | None = None  # None = unknown price, never silently zero
+    raw: str = ""
+    error: str | None = None
+
+
+class RunStatus(enum.StrEnum):
+    """How one measurement (a training job and its evaluation) ended."""
+
+    ok = "ok"
+    crash = "crash"  # an exception in train() or in the harness around it
+    nan = "nan"  # non-finite loss/logits
+    overtime = "overtime"  # train() returned, but well past its budget
+    invalid_model = "invalid_model"  # not a module, wrong logits shape, ...
+    not_causal = "not_causal"  # logits at t depend on tokens at >= t
+    timeout = "timeout"  # the runner killed the job at its hard deadline
+    rejected = "rejected"  # set by the orchestrator (guard), never by the harness
+
+
+class ExperimentStatus(enum.StrEnum):
+    """Where an experiment is in its lifecycle (the legal moves are in ``store.LEGAL``)."""
+
+    proposed = "proposed"
+    applied = "applied"
+    running = "running"
+    measured = "measured"
+    kept = "kept"
+    discarded = "discarded"
+    rejected = "rejected"  # the proposal could not be used (edits, guard, agent failure)
+    crashed = "crashed"  # the training job failed (crash, nan, invalid model, not causal, ...)
+    timeout = "timeout"  # killed at its hard deadline
+    invalid = "invalid"  # ran, but its result cannot count (overtime, wrong dataset, ...)
+    interrupted = "interrupted"  # the loop stopped while it was in flight
+
+
+class RunState(enum.StrEnum):
+    """Where a research run is."""
+
+    running = "running"
+    finished = "finished"
+    stopped = "stopped"  # Ctrl-C, cost cap, fatal agent error: resumable
+    failed = "failed"  # the baseline itself could not be measured
