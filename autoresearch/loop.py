@@ -22,7 +22,7 @@ from autoresearch import edits, guard, runner
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
-from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.errors import AutoresearchError, UsageError, one_line
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import (
     CallRecord,
@@ -214,7 +214,7 @@ class ResearchLoop:
             self._failed(exp.id, failed)
             raise BaselineFailed(
                 f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
-                f"{_one_line(failed.error)}; "
+                f"{one_line(failed.error)}; "
                 f"see {self.ws.exp_dir(exp.id) / f'seed-{failed.seed}' / 'run.log'}"
             )
         mean = statistics.fmean(values.values())
@@ -277,7 +277,7 @@ class ResearchLoop:
             assert exp.id is not None
             self._record_calls(exp.id, e.calls, attempt=0)
             exp = self.store.transition(exp.id, ES.rejected,
-                                        reason=f"agent failed: {_one_line(str(e))}")
+                                        reason=f"agent failed: {one_line(str(e))}")
             self.reporter.finished(exp, self._best())
             return exp
 
@@ -309,7 +309,7 @@ class ResearchLoop:
                     self._record_calls(exp_id, e.calls, attempt=attempt)
                     if isinstance(e, AgentFatal):
                         raise
-                    last = _Rejection(str(e), f"agent failed: {_one_line(str(e))}")
+                    last = _Rejection(str(e), f"agent failed: {one_line(str(e))}")
                     break
                 self._record_calls(exp_id, answer.calls, attempt=attempt)
             try:
@@ -320,11 +320,11 @@ class ResearchLoop:
                 files = self._check(proposal, champion)
                 return proposal, files
             except edits.FormatError as e:
-                last = _Rejection(str(e), f"unusable answer: {_one_line(str(e))}")
+                last = _Rejection(str(e), f"unusable answer: {one_line(str(e))}")
             except edits.EditError as e:
-                last = _Rejection(str(e), f"edit failed: {_one_line(str(e))}")
+                last = _Rejection(str(e), f"edit failed: {one_line(str(e))}")
             except guard.GuardViolation as e:
-                last = _Rejection(e.message, f"guard [{e.rule}]: {_one_line(e.message)}")
+                last = _Rejection(e.message, f"guard [{e.rule}]: {one_line(e.message)}")
         assert last is not None
         self.store.transition(exp_id, ES.rejected, reason=last.reason)
         self._write_json(exp_id, "proposal.json", {"rejected": last.reason,
@@ -424,7 +424,7 @@ class ResearchLoop:
                 for path, text in files.items():
                     guard.check_source(path, text)
             except (UsageError, guard.GuardViolation) as e:
-                self.store.transition(new.id, ES.rejected, reason=_one_line(str(e)))
+                self.store.transition(new.id, ES.rejected, reason=one_line(str(e)))
                 self._cleanup(new.id, None)
                 raise UsageError(f"cannot replay experiment {exp.id} onto {onto}: {e}") from e
             commit, diff = self.ws.commit_files(wt, files, f"replay of #{exp.id}: {exp.title}")
@@ -441,7 +441,7 @@ class ResearchLoop:
         }
         if failed is not None:
             self._failed(new.id, failed)
-            result["verdict"] = f"replay failed ({failed.status.value}): {_one_line(failed.error)}"
+            result["verdict"] = f"replay failed ({failed.status.value}): {one_line(failed.error)}"
             return result
         check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
         mean = statistics.fmean(values.values())
@@ -489,7 +489,7 @@ class ResearchLoop:
 
     def _failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
         """Record a failed training job as the experiment's final status."""
-        return self.store.transition(exp_id, _JOB_STATUS[m.status], reason=_one_line(m.error),
+        return self.store.transition(exp_id, _JOB_STATUS[m.status], reason=one_line(m.error),
                                      **fields)
 
     def _best(self) -> float | None:
@@ -521,7 +521,7 @@ class ResearchLoop:
             exp = self.store.get_experiment(exp_id)
             if exp is not None and not is_done(exp):
                 why = "interrupted by the user" if isinstance(e, KeyboardInterrupt) else str(e)
-                self.store.transition(exp_id, ES.interrupted, reason=_one_line(why))
+                self.store.transition(exp_id, ES.interrupted, reason=one_line(why))
             self._cleanup(exp_id, exp.branch if exp else None)
             raise
 
@@ -560,11 +560,4 @@ def log_tail(exp_dir: Path, limit: int) -> str:
         return ""
     text = logs[-1].read_text(encoding="utf-8", errors="replace")
     return text[-limit:]
-
-
-def _one_line(text: str | None) -> str:
-    if not text:
-        return "no reason given"
-    line = text.strip().splitlines()[0] if text.strip() else "no reason given"
-    return line[:300]
 

@@ -15,7 +15,10 @@ import torch
 
 from autoresearch import harness
 from autoresearch.data import PreparedData
-from autoresearch.harness import BudgetExhausted, NonFiniteLoss, Run
+from autoresearch.harness import BudgetExhausted, NonFiniteLoss, command, export
+from autoresearch.harness import evaluate as evaluation
+from autoresearch.harness import train as training
+from autoresearch.harness.train import Run
 from autoresearch.metrics import Budget, EvalReport, TrainReport
 from autoresearch.models import RunStatus
 
@@ -86,11 +89,11 @@ def train_phase(tmp_path: Path, prepared_data: PreparedData,
         sys.modules.pop("train", None)
         artifact, report = tmp_path / f"{source}.pt", tmp_path / f"{source}.json"
         budget = [] if any("budget" in a for a in extra) else ["--token-budget", "20480"]
-        args = harness.parse_args([
+        args = command.parse_args([
             "--phase", "train", "--source", str(SOURCES / source), "--data",
             str(prepared_data.path), "--device", "cpu", "--artifact", str(artifact),
             "--report", str(report), *budget, *extra])
-        code = harness.train_phase(args)
+        code = training.train_phase(args)
         return code, TrainReport.model_validate_json(report.read_text()), artifact
 
     return run
@@ -111,7 +114,7 @@ def test_each_broken_source_gets_its_status_and_reason(
     train_phase: TrainFn, monkeypatch: pytest.MonkeyPatch, source: str, extra: list[str],
     status: RunStatus, reason: str,
 ) -> None:
-    monkeypatch.setattr(harness, "TIME_GRACE", (0.1, 0.0))  # so overtime needs no long sleep
+    monkeypatch.setattr(training, "TIME_GRACE", (0.1, 0.0))  # so overtime needs no long sleep
     code, report, artifact = train_phase(source, *extra)
     assert (code, report.status) == (1, status)
     assert report.error is not None and report.error.splitlines()[0].find(reason) >= 0
@@ -130,9 +133,9 @@ def test_traceback_tail_points_at_the_agent_code(train_phase: TrainFn) -> None:
 
 def evaluate(artifact: Path, data: Path, tmp_path: Path, *extra: str) -> EvalReport:
     out = tmp_path / "eval.json"
-    args = harness.parse_args(["--phase", "eval", "--artifact", str(artifact), "--data",
+    args = command.parse_args(["--phase", "eval", "--artifact", str(artifact), "--data",
                                str(data), "--device", "cpu", "--out", str(out), *extra])
-    code = harness.eval_phase(args)
+    code = evaluation.eval_phase(args)
     report = EvalReport.model_validate_json(out.read_text())
     assert code == (0 if report.status == RunStatus.ok else 1)
     return report
@@ -182,12 +185,12 @@ def test_evaluation_refuses_a_changed_dataset(
 
 def test_windows_are_contiguous_strided_and_fixed() -> None:
     val = torch.arange(10 * 4 * 8 + 1) % 256
-    batches = harness.eval_windows(val.to(torch.uint8), batch=4, seq_len=8, max_tokens=64)
+    batches = evaluation.eval_windows(val.to(torch.uint8), batch=4, seq_len=8, max_tokens=64)
     assert len(batches) == 2  # 64 tokens: 8 windows of 8 in 2 batches of 4
     x0, y0 = batches[0]
     assert x0[:, 0].tolist() == [0, 16, 32, 48]  # windows 0, 2, 4, 6: never adjacent
     assert torch.equal(x0[:, 1:], y0[:, :-1])
-    again = harness.eval_windows(val.to(torch.uint8), batch=4, seq_len=8, max_tokens=64)
+    again = evaluation.eval_windows(val.to(torch.uint8), batch=4, seq_len=8, max_tokens=64)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again, strict=True))
 
 
@@ -205,7 +208,7 @@ class _Payload:
 
 
 def _artifact(path: Path, nodes: list[dict[str, Any]], extra: object = None) -> Path:
-    blob: dict[str, object] = {"format": harness.ARTIFACT_FORMAT, "graph": json.dumps(nodes),
+    blob: dict[str, object] = {"format": export.ARTIFACT_FORMAT, "graph": json.dumps(nodes),
                                "tensors": {"w": torch.zeros(256, 256)}}
     if extra is not None:
         blob["extra"] = extra

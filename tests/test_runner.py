@@ -150,20 +150,29 @@ def _alive(pid: int) -> bool:
     return not (status.exists() and status.read_text().split(") ")[-1].startswith("Z"))
 
 
-def test_harness_cli_writes_out_and_exits_non_zero_on_failure(
-    prepared_data: PreparedData, tmp_path: Path,
-) -> None:
-    out = tmp_path / "results" / "m.json"
+def test_train_command_writes_metrics_and_exits_non_zero_on_failure(tmp_path: Path) -> None:
+    """A whole measurement from a shell is `autoresearch train`; the harness's own command line
+    runs one phase, as the runner starts it, and never the runner again."""
+    from conftest import generated_text
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(generated_text(), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(Path(runner.__file__).parent.parent),
+           "AUTORESEARCH_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
-        [sys.executable, "-m", "autoresearch.harness", "--source", str(SOURCES / "not_a_model"),
-         "--data", str(prepared_data.path), "--token-budget", "4096", "--seed", "1",
-         "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(runner.__file__).parent.parent)})
+        [sys.executable, "-m", "autoresearch", "--workspace", str(tmp_path), "train",
+         "--source", str(SOURCES / "not_a_model"), "--dataset", str(corpus),
+         "--token-budget", "4096", "--seed", "1", "--device", "cpu"],
+        capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1
-    metrics = Metrics.read(out)
+    metrics = Metrics.read(tmp_path / "experiments" / "train" / "seed-1" / "metrics.json")
     assert metrics.status == RunStatus.invalid_model and metrics.seed == 1
-    assert "train() returned dict" in proc.stderr
+    assert "train() returned dict" in proc.stdout
+    whole = subprocess.run(
+        [sys.executable, "-m", "autoresearch.harness", "--source", str(SOURCES / "not_a_model"),
+         "--data", str(tmp_path), "--token-budget", "4096", "--out", str(tmp_path / "m.json")],
+        capture_output=True, text=True, timeout=120, env=env)
+    assert whole.returncode == 2 and "--phase" in whole.stderr
 
 
 def test_measure_never_raises_for_a_bad_job(tmp_path: Path) -> None:

@@ -24,10 +24,10 @@ from autoresearch.agents.base import AgentError, AgentFatal, Answer
 from autoresearch.agents.pricing import PriceTable, cost_usd
 from autoresearch.agents.prompts import (
     HISTORY_TOKENS,
-    _one_line,
     prompts_dir,
     render_conversation,
 )
+from autoresearch.errors import one_line
 from autoresearch.models import CallRecord, Context
 
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
@@ -43,8 +43,8 @@ def _error_message(exc: Exception) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and isinstance(inner.get("message"), str):
-            return _one_line(inner["message"])
-    return _one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+            return one_line(inner["message"])
+    return one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -17,7 +17,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import autoresearch
-from autoresearch.errors import AutoresearchError
+from autoresearch.errors import AutoresearchError, one_line
 from autoresearch.models import Context, HistoryItem, Stats
 
 TEMPLATES = ("system.md", "propose.md", "repair.md")
@@ -99,17 +99,11 @@ def render(template: str, variables: Mapping[str, object], *, name: str = "templ
 # -- history ----------------------------------------------------------------------------------
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    """``text`` on one line, whitespace collapsed, cut to ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def history_line(item: HistoryItem) -> str:
     delta = "no result" if item.delta is None else f"Δ {item.delta:+.4f}"
-    line = f"- #{item.id} [{item.status}] {_one_line(item.title, 100)} ({delta})"
+    line = f"- #{item.id} [{item.status}] {one_line(item.title, 100)} ({delta})"
     if item.reason.strip():
-        line += f": {_one_line(item.reason, 160)}"
+        line += f": {one_line(item.reason, 160)}"
     return line
 
 
