@@ -13,9 +13,6 @@ the training process prints or writes can become the metric.
 from __future__ import annotations
 
 import contextlib
-import functools
-import getpass
-import importlib.util
 import json
 import os
 import re
@@ -23,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import threading
 import time
@@ -32,6 +28,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from autoresearch import integrity
 from autoresearch import sandbox as sandbox_mod
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
@@ -51,17 +48,12 @@ EVAL_TIMEOUT = 180.0  # seconds for the evaluation process
 GRACE = 10.0  # process start, imports, writing reports
 PID_FILE = "job.pid"  # the running job's process group, while it runs
 LOG_HEAD = LOG_TAIL = 64 * 1024  # bytes of run.log kept from the start and from the end
-_SECRET_ENV = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
-_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 _M = TypeVar("_M", bound=BaseModel)
 # The evaluation process runs trusted code only, never anything from its working directory: it
 # starts with -S -E (no site-packages .pth files or sitecustomize run, no PYTHON* variables
 # read) and gets the import path this process had, as an argument.
 _EVAL_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv.pop(1)); "
               "from autoresearch.harness import main; sys.exit(main())")
-# Installed code the evaluation process runs, watched for changes made during training.
-_WATCHED_PACKAGES = ("torch", "torchgen", "numpy", "pydantic", "pydantic_core", "annotated_types",
-                     "typing_inspection", "typing_extensions")
 
 
 def resolve_device(device: str) -> str:
@@ -119,9 +111,9 @@ def measure(
                          f"not the run's ({expect_sha256[:12]}): metrics from different "
                          "corpora are never compared")
         return _finish(metrics, out_dir, started)
-    env = _child_env(gpu)
+    env = integrity.child_env(gpu)
     sys.dont_write_bytecode = True  # our own late imports must not change the watched files
-    installed = _installed_signature()
+    installed = integrity.installed_signature()
     log = BoundedLog(out_dir / "run.log", echo=echo)
     with log, tempfile.TemporaryDirectory(prefix="autoresearch-train-") as scratch_name:
         scratch = Path(scratch_name)
@@ -131,10 +123,10 @@ def measure(
         # nor write into it
         shutil.copyfile(data / "train.bin", train_data / "train.bin")
         shutil.copyfile(data / "meta.json", train_data / "meta.json")
-        train_env = _training_env(env, scratch)
+        train_env = integrity.training_env(env, scratch)
         metrics.sandbox = sandbox_state(sandbox)
         if metrics.sandbox.startswith("landlock"):
-            metrics.sandbox += _exposed(data, source, scratch)
+            metrics.sandbox += integrity.dataset_exposed(data, source, scratch)
         caches = [train_env["TRITON_CACHE_DIR"], train_env["TORCHINDUCTOR_CACHE_DIR"]]
         for cache in caches:
             with contextlib.suppress(OSError):
@@ -152,7 +144,7 @@ def measure(
         train = _read(scratch / "report.json", TrainReport)
         if train is not None:  # its bookkeeping only; status and error are judged below
             metrics = metrics.model_copy(update=train.model_dump(exclude={"status", "error"}))
-        if changed := _changed(installed, _installed_signature()):
+        if changed := integrity.changed_path(installed, integrity.installed_signature()):
             metrics.error = ("the training process changed installed code the evaluation runs: "
                              f"{changed}")
         elif timed_out:
@@ -183,7 +175,7 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
         try:
             code, timed_out = run_process(
                 [sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
-                 json.dumps(_eval_path()), "--phase", "eval", "--data",
+                 json.dumps(integrity.eval_path()), "--phase", "eval", "--data",
                  str(Path(data).resolve()), "--expect-sha256", sha256, "--device",
                  metrics.device, "--seq-len", str(metrics.seq_len), "--artifact",
                  str(artifact), "--out", f"fd:{write_end}"],
@@ -325,48 +317,6 @@ def _train_deadline(budget: Budget, setup_cap: float) -> float:
     return setup_cap + overtime + EXPORT_ALLOWANCE + GRACE
 
 
-def _child_env(gpu: str | None) -> dict[str, str]:
-    """The environment of both processes: no secrets (the training code is untrusted)."""
-    env = {k: v for k, v in os.environ.items() if not _SECRET_ENV.search(k)}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONHASHSEED"] = "0"
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    return env
-
-
-def _training_env(env: dict[str, str], scratch: Path) -> dict[str, str]:
-    """The training process's environment: none of our settings (they name the dataset cache
-    and the workspace), and a HOME in its scratch folder, so that the usual places to look
-    (~/.cache/autoresearch, the shell history, dotfiles) lead nowhere. The compiler caches keep
-    their usual homes: rebuilding them for every experiment would waste minutes of GPU time."""
-    train_env = {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
-    home, tmp = scratch / "home", scratch / "tmp"
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
-    train_env.setdefault("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache"))
-    train_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
-        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"))
-    train_env["HOME"] = str(home)
-    train_env["XDG_CACHE_HOME"] = str(home / ".cache")
-    train_env["TMPDIR"] = str(tmp)  # compilers' temporary files stay inside the sandbox
-    return train_env
-
-
-def _exposed(data: Path, source: Path, scratch: Path) -> str:
-    """A warning when a folder the sandbox leaves readable holds the dataset (its cache inside
-    the Python prefix or the import path, say): the fence would not hide the validation split."""
-    read, _ = sandbox_mod.default_paths(source, scratch)
-    here = Path(data).resolve()
-    for folder in read:
-        with contextlib.suppress(OSError):
-            if here.is_relative_to(Path(folder).resolve()):
-                return f" (but the dataset is inside {folder}, which training may read)"
-    return ""
-
-
 def sandbox_state(enabled: bool) -> str:
     """What a training process started now will be fenced in by (the trusted side's view:
     the harness sets the fence up before any agent code runs, or fails)."""
@@ -381,65 +331,6 @@ def _read(path: Path, model: type[_M]) -> _M | None:
         return model.model_validate_json(path.read_text(encoding="utf-8"))
     except (OSError, ValidationError, ValueError):
         return None
-
-
-def _eval_path() -> list[str]:
-    """The evaluation process's sys.path: the package root, then this process's path as it was
-    resolved at start-up (before any training ran), without the current folder."""
-    here = {"", ".", os.getcwd()}
-    return [_PACKAGE_ROOT, *(p for p in sys.path if p not in here and p != _PACKAGE_ROOT)]
-
-
-@functools.cache
-def _watched_roots() -> tuple[Path, ...]:
-    """This package, the installed packages and the standard library the evaluation process
-    imports from."""
-    roots = [Path(_PACKAGE_ROOT, "autoresearch")]
-    for name in _WATCHED_PACKAGES:
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin:
-            origin = Path(spec.origin)
-            roots.append(origin.parent if origin.name == "__init__.py" else origin)
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return (*roots, stdlib)
-
-
-def _installed_signature() -> dict[str, tuple[object, ...]]:
-    """A tripwire for the training process changing code the evaluation runs: size, mtime,
-    ctime and inode of every file under the watched roots (ctime cannot be set back from user
-    space), and the importable names in each sys.path folder (a module that would shadow
-    torch, say; other files there, a README being edited, do not count). Stats only: ~0.1 s."""
-    found: dict[str, tuple[object, ...]] = {}
-
-    def note(path: str) -> None:
-        with contextlib.suppress(OSError):
-            st = os.stat(path)
-            found[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
-    for folder in _eval_path():
-        with contextlib.suppress(OSError), os.scandir(folder) as entries:
-            found[folder] = tuple(sorted(
-                e.name for e in entries
-                if e.name.endswith((".py", ".pyc", ".so", ".pth")) or e.is_dir()))
-    for root in _watched_roots():
-        note(str(root))
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = [d for d in dirnames if d not in _UNWATCHED]
-            for name in filenames:
-                note(os.path.join(dirpath, name))
-    return found
-
-
-def _changed(before: dict[str, tuple[object, ...]], after: dict[str, tuple[object, ...]]) -> str:
-    """The first path that differs ("" if none)."""
-    if before == after:
-        return ""
-    return min(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-
-
-# under the watched roots: C headers, and other installs and tests the evaluation never imports
-_UNWATCHED = frozenset({"include", "site-packages", "dist-packages", "test", "tests", "idlelib",
-                        "tkinter", "turtledemo", "ensurepip", "lib2to3"})
 
 
 def _finish(metrics: Metrics, out_dir: Path, started: float) -> Metrics:

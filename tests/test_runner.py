@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import runner
+from autoresearch import integrity, runner
 from autoresearch.data import PreparedData
 from autoresearch.errors import UsageError
 from autoresearch.metrics import Budget, Metrics
@@ -101,7 +101,7 @@ def test_training_that_changes_installed_code_gets_no_metric(
     package = tmp_path / "site" / "fakepkg"  # stands in for torch: rewriting it is the attack
     package.mkdir(parents=True)
     (package / "functional.py").write_text("def cross_entropy(x, y): ...\n")
-    monkeypatch.setattr(runner, "_watched_roots", lambda: (package,))
+    monkeypatch.setattr(integrity, "watched_roots", lambda: (package,))
     monkeypatch.setenv("TAMPER_PATH", str(package / "functional.py"))
     # the tripwire is what stands where Landlock is missing (with it, the write is refused)
     metrics = run_source(SOURCES / "tamper", prepared_data, tmp_path / "out", sandbox=False)
@@ -201,13 +201,13 @@ def test_bounded_log_keeps_head_and_tail(tmp_path: Path) -> None:
 def test_a_module_that_would_shadow_an_import_trips_the_wire_and_a_readme_does_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(runner, "_eval_path", lambda: [str(tmp_path)])
-    monkeypatch.setattr(runner, "_watched_roots", lambda: ())
-    before = runner._installed_signature()
+    monkeypatch.setattr(integrity, "eval_path", lambda: [str(tmp_path)])
+    monkeypatch.setattr(integrity, "watched_roots", lambda: ())
+    before = integrity.installed_signature()
     (tmp_path / "README.md").write_text("edited while a loop runs\n")
-    assert runner._changed(before, runner._installed_signature()) == ""
+    assert integrity.changed_path(before, integrity.installed_signature()) == ""
     (tmp_path / "torch.py").write_text("cross_entropy = None\n")
-    assert runner._changed(before, runner._installed_signature()) == str(tmp_path)
+    assert integrity.changed_path(before, integrity.installed_signature()) == str(tmp_path)
 
 
 def test_a_dataset_other_than_the_runs_is_refused_before_training(
