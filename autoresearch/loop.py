@@ -465,13 +465,7 @@ class ResearchLoop:
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                                gpu=self.settings.gpu, sandbox=self.settings.sandbox,
                                expect_sha256=self.run.dataset_sha256)
-            self.store.add_measurement(
-                experiment_id=exp_id, seed=seed, status=m.status.value, val_bpb=m.val_bpb,
-                val_loss=m.val_loss, train_tokens=m.train_tokens, steps=m.steps,
-                train_seconds=m.train_seconds, total_seconds=m.total_seconds, params=m.params,
-                peak_memory_mb=m.peak_memory_mb, device=m.device, error=m.error,
-                metrics=m.model_dump_json(),
-            )
+            self.store.add_measurement(exp_id, m)
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None
@@ -485,7 +479,7 @@ class ResearchLoop:
     def _ok_values(self, exp_id: int) -> dict[int, float]:
         """seed -> val_bpb of an experiment's successful measurements."""
         return {m.seed: m.val_bpb for m in self.store.measurements(exp_id)
-                if m.status == "ok" and m.val_bpb is not None}
+                if m.status == RunStatus.ok and m.val_bpb is not None}
 
     def _failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
         """Record a failed training job as the experiment's final status."""

@@ -22,7 +22,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
-from autoresearch.models import ExperimentStatus, RunState
+from autoresearch.metrics import Metrics
+from autoresearch.models import ExperimentStatus, RunState, RunStatus
 
 SCHEMA_VERSION = 1
 
@@ -124,7 +125,7 @@ class Measurement(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     experiment_id: int = Field(foreign_key="experiment.id", index=True)
     seed: int
-    status: str
+    status: RunStatus
     val_bpb: float | None = None
     val_loss: float | None = None
     train_tokens: int = 0
@@ -156,6 +157,10 @@ class AgentCall(SQLModel, table=True):
 
 
 T = TypeVar("T", bound=SQLModel)
+_Stamped = TypeVar("_Stamped", Run, Experiment)  # the tables with an updated_at
+# the Measurement columns copied from a Metrics (the whole Metrics is kept as JSON as well)
+_MEASURED = {"seed", "status", "val_bpb", "val_loss", "train_tokens", "steps", "train_seconds",
+             "total_seconds", "params", "peak_memory_mb", "device", "error"}
 
 
 def _detach(row: T) -> T:
@@ -192,6 +197,37 @@ class Store:
         finally:
             session.close()
 
+    def _add(self, row: T) -> T:
+        """Insert ``row``; the stored copy, id filled in."""
+        with self._tx() as s:
+            s.add(row)
+            s.flush()
+            return _detach(row)
+
+    def _update(self, model: type[_Stamped], row_id: int, fields: dict[str, Any], *,
+                to: ExperimentStatus | None = None) -> _Stamped:
+        """Set ``fields`` on one row and stamp ``updated_at``. For an experiment, ``to`` is its
+        new status (which must be a legal move), and a finished experiment is never changed."""
+        with self._tx() as s:
+            row = s.get(model, row_id)
+            if row is None:
+                raise StoreError(f"no {model.__name__.lower()} {row_id}")
+            if isinstance(row, Experiment):
+                if to is not None and to not in LEGAL.get(row.status, set()):
+                    raise IllegalTransition(f"experiment {row_id}: illegal transition "
+                                            f"{row.status.value} -> {to.value}")
+                if to is None and row.status in FINAL:
+                    raise IllegalTransition(f"experiment {row_id} is {row.status.value}: a "
+                                            "finished experiment is not changed")
+                if to is not None:
+                    row.status = to
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = _now()
+            s.add(row)
+            s.flush()
+            return _detach(row)
+
     def _create_tables(self) -> None:
         # two processes opening a new file at once (a loop and a reader) would race on
         # CREATE TABLE; an IMMEDIATE transaction takes the write lock first, so the second
@@ -218,23 +254,10 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
     def add_run(self, **fields: Any) -> Run:
-        with self._tx() as s:
-            run = Run(**fields)
-            s.add(run)
-            s.flush()
-            return _detach(run)
+        return self._add(Run(**fields))
 
     def update_run(self, run_id: int, **fields: Any) -> Run:
-        with self._tx() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                raise StoreError(f"no run {run_id}")
-            for k, v in fields.items():
-                setattr(run, k, v)
-            run.updated_at = _now()
-            s.add(run)
-            s.flush()
-            return _detach(run)
+        return self._update(Run, run_id, fields)
 
     def get_run(self, run_id: int) -> Run | None:
         with self._tx() as s:
@@ -253,11 +276,7 @@ class Store:
 
     # -- experiments ------------------------------------------------------------------------
     def add_experiment(self, **fields: Any) -> Experiment:
-        with self._tx() as s:
-            exp = Experiment(**fields)
-            s.add(exp)
-            s.flush()
-            return _detach(exp)
+        return self._add(Experiment(**fields))
 
     def get_experiment(self, exp_id: int) -> Experiment | None:
         with self._tx() as s:
@@ -265,34 +284,12 @@ class Store:
             return None if exp is None else _detach(exp)
 
     def update_experiment(self, exp_id: int, **fields: Any) -> Experiment:
-        with self._tx() as s:
-            exp = s.get(Experiment, exp_id)
-            if exp is None:
-                raise StoreError(f"no experiment {exp_id}")
-            for k, v in fields.items():
-                setattr(exp, k, v)
-            exp.updated_at = _now()
-            s.add(exp)
-            s.flush()
-            return _detach(exp)
+        """Change fields of an experiment still in flight (a finished one raises)."""
+        return self._update(Experiment, exp_id, fields)
 
     def transition(self, exp_id: int, to: ExperimentStatus, **fields: Any) -> Experiment:
         """Move an experiment to ``to``; illegal moves (e.g. out of a final state) raise."""
-        with self._tx() as s:
-            exp = s.get(Experiment, exp_id)
-            if exp is None:
-                raise StoreError(f"no experiment {exp_id}")
-            if to not in LEGAL.get(exp.status, set()):
-                raise IllegalTransition(
-                    f"experiment {exp_id}: illegal transition {exp.status.value} -> {to.value}"
-                )
-            exp.status = to
-            for k, v in fields.items():
-                setattr(exp, k, v)
-            exp.updated_at = _now()
-            s.add(exp)
-            s.flush()
-            return _detach(exp)
+        return self._update(Experiment, exp_id, fields, to=to)
 
     def experiments(
         self,
@@ -326,12 +323,11 @@ class Store:
             return int(s.exec(q).one())
 
     # -- measurements and calls -------------------------------------------------------------
-    def add_measurement(self, **fields: Any) -> Measurement:
-        with self._tx() as s:
-            m = Measurement(**fields)
-            s.add(m)
-            s.flush()
-            return _detach(m)
+    def add_measurement(self, experiment_id: int, metrics: Metrics) -> Measurement:
+        """Record one measurement: its columns from ``metrics``, and all of it as JSON."""
+        columns = metrics.model_dump(include=_MEASURED)
+        return self._add(Measurement(experiment_id=experiment_id, **columns,
+                                     metrics=metrics.model_dump_json()))
 
     def measurements(self, exp_id: int) -> list[Measurement]:
         with self._tx() as s:
@@ -339,11 +335,7 @@ class Store:
             return [_detach(m) for m in s.exec(q.order_by(col(Measurement.id)))]
 
     def add_call(self, **fields: Any) -> AgentCall:
-        with self._tx() as s:
-            c = AgentCall(**fields)
-            s.add(c)
-            s.flush()
-            return _detach(c)
+        return self._add(AgentCall(**fields))
 
     def calls(self, *, experiment_id: int | None = None,
               run_id: int | None = None) -> list[AgentCall]:

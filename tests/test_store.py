@@ -111,3 +111,11 @@ def test_processes_opening_a_new_file_at_once_all_succeed(tmp_path: Path) -> Non
             p.join(60)
         assert [p.exitcode for p in procs] == [0, 0, 0, 0]
         assert Store(Path(path)).last_unfinished_run() is None
+
+
+def test_a_finished_experiment_cannot_be_updated(store: Store) -> None:
+    exp = store.add_experiment(run_id=_run(store), title="t")
+    store.transition(exp.id, ES.rejected, reason="bad edit")  # type: ignore[arg-type]
+    with pytest.raises(IllegalTransition):
+        store.update_experiment(exp.id, title="rewritten")  # type: ignore[arg-type]
+    assert store.get_experiment(exp.id).title == "t"  # type: ignore[arg-type,union-attr]
