@@ -14,7 +14,7 @@ bigram source with N proposals that make no difference to the model's quality:
 
 Every measurement the loop makes is kept in its store. The figure compares, on those same
 measurements, our rule (decide.decide, as the loop applied it: screen on the first seed,
-confirmation on the rest) with the naive rule (decide.naive_decide: keep when the first seed
+confirmation on the rest) with the naive rule (keep_rules.naive_decide: keep when the first seed
 is lower than the champion's at all), both against the champion the loop had at the time.
 
     python benchmarks/false_keeps.py [--experiments 20] [--seeds 3]
@@ -37,13 +37,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from keep_rules import naive_decide  # benchmarks/, this script's folder
 from rich.console import Console
 
-from autoresearch import decide
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.loop import ResearchLoop
-from autoresearch.models import ExperimentStatus
+from autoresearch.models import ExperimentStatus, RunStatus
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Store
 from autoresearch.workspace import Workspace, init_workspace
@@ -149,7 +149,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     def values(exp_id: int | None) -> dict[int, float]:
         assert exp_id is not None
         return {m.seed: m.val_bpb for m in store.measurements(exp_id)
-                if m.status == "ok" and m.val_bpb is not None}
+                if m.status == RunStatus.ok and m.val_bpb is not None}
 
     for exp in exps:
         if exp.kind == "baseline":
@@ -162,7 +162,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             continue
         measured += 1
         ours += exp.status == ExperimentStatus.kept
-        verdict = decide.naive_decide(values(exp.id), champion, seeds=seeds)
+        verdict = naive_decide(values(exp.id), champion, seeds=seeds)
         naive += verdict.verdict == "keep"
         errors.print(f"  #{exp.id} {exp.title}: Δ seed {seeds[0]} {verdict.delta:+.4f}; "
                      f"ours {exp.status.value}, naive {verdict.verdict}", markup=False)
