@@ -59,10 +59,6 @@ def _retry_after(exc: Exception) -> float | None:
         return None  # an HTTP date: ignore, use our own backoff
 
 
-class _Transient(Exception):
-    """An attempt failed in a way a retry may fix."""
-
-
 class LLMAgent:
     """Shared logic: render prompts, call with retries, record every attempt."""
 
