@@ -27,6 +27,9 @@ ignored. Matching climbs a short ladder: exact lines (or, for a fragment that do
 line, an exact substring), then the same lines shifted by one uniform indentation (the
 replacement is re-indented alike). Zero or several matches is an error; there is no
 edit-distance matching, which applies wrong edits.
+
+Just over 400 lines: parsing, matching and the messages written for the model belong together
+(each error names the lines the model should have matched).
 """
 
 from __future__ import annotations
@@ -36,8 +39,14 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from autoresearch.agents.prompts import fence
 from autoresearch.models import Edit, Proposal
+
+
+def fence(text: str, info: str = "") -> str:
+    """Wrap ``text`` in a code fence longer than any backtick run inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * max(3, longest + 1)
+    return f"{ticks}{info}\n{text.rstrip(chr(10))}\n{ticks}"
 
 
 class EditError(Exception):

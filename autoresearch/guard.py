@@ -14,6 +14,9 @@ docs/integrity.md mirrors it. The guard is a static, best-effort tripwire that t
 obvious shortcuts into recorded, explained rejections before a run is spent. It is not a
 sandbox: the harness's separate process, its own data loading and its own metric are what the
 integrity of a measurement rests on.
+
+Over 400 lines on purpose: one rule table and one AST walk, kept together so a reader sees
+every rule the guard enforces in one place.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ context -> agent -> parse/guard/apply (with repair round trips) -> commit in a w
 train + evaluate (first seed, then confirmation seeds) -> decide -> record.
 Every state change is committed to the store before the next step, so a loop killed at any
 moment resumes (``--resume``) with nothing lost or doubled.
+
+Over 400 lines for now: it is the one module that knows all the parts; DESIGN.md splits it
+into loop/ (scheduler, experiment, replay) with the parallel-slots work.
 """
 
 from __future__ import annotations

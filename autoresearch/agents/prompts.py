@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import autoresearch
+from autoresearch.edits import fence
 from autoresearch.errors import AutoresearchError, one_line
 from autoresearch.models import Context, HistoryItem, Stats
 
@@ -166,13 +167,6 @@ def render_history(
 
 
 # -- other sections ---------------------------------------------------------------------------
-
-
-def fence(text: str, info: str = "") -> str:
-    """Wrap ``text`` in a code fence longer than any backtick run inside it."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{info}\n{text.rstrip(chr(10))}\n{ticks}"
 
 
 def render_files(files: Mapping[str, str]) -> str:
