@@ -305,9 +305,11 @@ def show(
             d = report.experiment_dict(store, exp, full=True)
             if log:
                 d["logs"] = report.logs(s.workspace, exp)
+            d["curves"] = report.curves_dict(s.workspace, exp)
             out.print_json(json.dumps(d))
             return
         out.print(report.experiment_text(store, exp), markup=False)
+        out.print(report.curves_text(s.workspace, exp), markup=False)
         if diff:
             out.print(exp.diff or "(no diff)", markup=False)
         if log:

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from autoresearch import curves
 from autoresearch.errors import UsageError
 from autoresearch.metrics import Metrics
 from autoresearch.store import Experiment, Run, Store
@@ -173,6 +174,30 @@ def logs(workspace: Path, e: Experiment) -> dict[str, str]:
     d = workspace / "experiments" / str(e.id)
     return {str(p.relative_to(d)): p.read_text(encoding="utf-8", errors="replace")
             for p in sorted(d.glob("seed-*/run.log"))}
+
+
+def experiment_curves(workspace: Path, e: Experiment) -> dict[int, list[curves.Point]]:
+    """seed -> training curve of an experiment (display data, see autoresearch/curves.py)."""
+    return curves.experiment_curves(workspace / "experiments" / str(e.id))
+
+
+def curves_dict(workspace: Path, e: Experiment) -> dict[str, Any]:
+    """For --json: per seed, how many points, and the loss curve in a few dozen points."""
+    return {str(seed): {"points": len(pts), "loss": curves.compact_loss(pts, 32)}
+            for seed, pts in experiment_curves(workspace, e).items()}
+
+
+def curves_text(workspace: Path, e: Experiment) -> str:
+    """``show``'s curve summary: per seed, each logged scalar first -> last, min, sparkline."""
+    found = experiment_curves(workspace, e)
+    if not found:
+        return "curves   none recorded (train() did not call run.log with numbers)"
+    lines = ["curves   (as train() logged them; display only, not the metric)"]
+    for seed, points in found.items():
+        head, *rest = curves.summary(points).splitlines()
+        lines.append(f"  seed {seed}: {head}")
+        lines.extend(f"  {line}" for line in rest)
+    return "\n".join(lines)
 
 
 def run_summary(store: Store, r: Run) -> str:
