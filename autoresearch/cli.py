@@ -261,7 +261,7 @@ def history(
     limit: Annotated[int | None, typer.Option(help="At most this many, newest.")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """List experiments: id, title, status, val_bpb, Δ vs champion, seconds, cost."""
+    """List experiments: val_bpb beside the champion's on the same seeds, why, seconds, cost."""
     with _errors():
         statuses = [_status(x) for x in status or []]
         if limit is not None and limit < 1:
