@@ -14,7 +14,9 @@ from autoresearch.store import Experiment
 
 def _result_line(exp: Experiment, best: float | None) -> str:
     """The candidate beside the champion on the same seeds, and the verdict in words."""
-    return f"#{exp.id} [{exp.status.value}] {exp.title}: {compare(exp).words}"
+    c = compare(exp)
+    words = exp.reason if c.stage == "failed" and exp.reason else c.words
+    return f"#{exp.id} [{exp.status.value}] {exp.title}: {words}"
 
 
 class PlainReporter:

@@ -155,7 +155,7 @@ def experiment_text(store: Store, e: Experiment) -> str:
     else:
         lines.append(f"val_bpb  {_f(e.val_bpb)}")
     lines.append(f"verdict  {c.words}")
-    champ_by_seed = _champion_by_seed(e)
+    champ_by_seed = champion_by_seed(e)
     for m in d["measurements"]:
         extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
         versus = (f" (champion {champ_by_seed[m['seed']]:.4f})"
@@ -181,7 +181,7 @@ def experiment_text(store: Store, e: Experiment) -> str:
     return "\n".join(lines)
 
 
-def _champion_by_seed(e: Experiment) -> dict[int, float]:
+def champion_by_seed(e: Experiment) -> dict[int, float]:
     """seed -> the champion's value on that seed, from a candidate's decision evidence."""
     try:
         ev = (json.loads(e.decision) if e.decision else {}).get("evidence") or {}
