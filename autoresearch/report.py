@@ -89,7 +89,8 @@ def history_table(store: Store, rows: list[Experiment]) -> Table:
         delta = "" if e.kind == "baseline" else _f(c.delta if c.seeds else e.delta, "+.4f")
         seeds = ",".join(map(str, c.seeds))
         title = e.title if len(e.title) <= 48 else e.title[:47] + "…"
-        why = c.short if len(c.short) <= 40 else c.short[:39] + "…"
+        why = (e.reason or c.short) if c.stage == "failed" else c.short
+        why = why if len(why) <= 48 else why[:47] + "…"
         t.add_row(str(e.id), str(e.run_id), title, e.status.value, value, champ, seeds, delta,
                   why, f"{e.seconds:.0f}", _cost(known, unknown))
     if not rows:
