@@ -27,7 +27,7 @@ from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop import LoopStopped, ResearchLoop
 from autoresearch.models import ExperimentStatus
 from autoresearch.progress import make_reporter
-from autoresearch.store import Experiment, Store
+from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace, init_workspace
 
 app = typer.Typer(
@@ -268,7 +268,7 @@ def history(
     limit: Annotated[int | None, typer.Option(help="At most this many, newest.")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """List experiments: id, title, status, val_bpb, Δ vs champion, seconds, cost."""
+    """List experiments: val_bpb beside the champion's on the same seeds, why, seconds, cost."""
     with _errors():
         statuses = [_status(x) for x in status or []]
         if limit is not None and limit < 1:
@@ -312,9 +312,11 @@ def show(
             d = report.experiment_dict(store, exp, full=True)
             if log:
                 d["logs"] = report.logs(s.workspace, exp)
+            d["curves"] = report.curves_dict(s.workspace, exp)
             out.print_json(json.dumps(d))
             return
         out.print(report.experiment_text(store, exp), markup=False)
+        out.print(report.curves_text(s.workspace, exp), markup=False)
         if diff:
             out.print(exp.diff or "(no diff)", markup=False)
         if log:
@@ -371,6 +373,70 @@ def export(
         else:
             out_path.write_text(text, encoding="utf-8")
             err.print(f"wrote {out_path}", markup=False)
+
+
+# -- see ------------------------------------------------------------------------------------------
+@app.command()
+def plot(
+    run: Annotated[int | None, typer.Option("--run", help="Which run (default: the latest).")
+                   ] = None,
+    out_path: Annotated[Path, typer.Option(
+        "--out", help="The figure: .png or .svg, by its extension.")] = Path("progress.png"),
+    curves: Annotated[list[str] | None, typer.Option(
+        "--curves", metavar="ID[,ID...]",
+        help="Also draw these experiments' training-loss curves (repeatable).")] = None,
+) -> None:
+    """Draw a run's progress: every experiment, kept ones labelled, running best, baseline band."""
+    with _errors():
+        from autoresearch import plot as plot_mod  # matplotlib loads only for this command
+
+        s = _settings()
+        store = _store(s)
+        r = _run(store, run)
+        ids = [_int_id(x) for item in curves or [] for x in item.split(",") if x.strip()]
+        fig = plot_mod.progress_figure(store, r, s.workspace, ids)
+        plot_mod.save(fig, out_path)
+        out.print(f"wrote {out_path} (run {r.id}"
+                  + (f", curves of {', '.join(f'#{i}' for i in ids)})" if ids else ")"),
+                  markup=False)
+
+
+@app.command()
+def dashboard(
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(
+        help="Address to bind (127.0.0.1: this machine only; the dashboard has no login).")
+                    ] = "127.0.0.1",
+) -> None:
+    """A read-only web view of the workspace's runs that updates while a loop runs."""
+    with _errors():
+        from autoresearch.dashboard import serve  # the web stack loads only for this command
+
+        s = _settings()
+        if not 0 < port < 65536:
+            raise UsageError("--port must be between 1 and 65535")
+        err.print(f"dashboard of {s.db_path} at http://{host}:{port}/ (read-only; Ctrl-C "
+                  "stops it)", markup=False)
+        serve(s.workspace, s.db_path, host=host, port=port)
+
+
+def _run(store: Store, run_id: int | None) -> Run:
+    if run_id is not None:
+        r = store.get_run(run_id)
+        if r is None:
+            raise UsageError(f"no run {run_id}")
+        return r
+    runs_ = store.runs()
+    if not runs_:
+        raise UsageError("no runs yet: start one with `autoresearch loop`")
+    return runs_[-1]
+
+
+def _int_id(text: str) -> int:
+    try:
+        return int(text.strip().lstrip("#"))
+    except ValueError:
+        raise UsageError(f"--curves takes experiment ids, not {text!r}") from None
 
 
 def _check_cap(s: Settings, agent: Agent) -> None:

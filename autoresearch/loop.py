@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from autoresearch import curves as curves_mod
 from autoresearch import decide as decide_mod
 from autoresearch import edits, guard, runner
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
@@ -547,6 +548,8 @@ class ResearchLoop:
             champion=Stats(mean=champ.val_bpb, std=noise, n=len(self.seeds))
             if champ and champ.val_bpb is not None else None,
             history=history, last_crash_log=crash_log,
+            curves=curves_mod.context_curves(exps, run.champion_experiment_id, self.ws.exp_dir,
+                                             self.seeds),
         )
 
 

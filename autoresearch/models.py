@@ -66,6 +66,9 @@ class Context(BaseModel):
     history: list[HistoryItem] = Field(default_factory=list)
     omitted: int = 0  # how many older attempts were summarised away
     last_crash_log: str | None = None
+    # label -> (tokens, training loss) of the champion's and the last experiment's first seed,
+    # as train() logged it: display data from the agent's own code, never a metric
+    curves: dict[str, list[tuple[int, float]]] = Field(default_factory=dict)
     repair: str | None = None  # why the previous answer could not be used
     previous_answer: str | None = None
 

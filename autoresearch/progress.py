@@ -8,15 +8,15 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from autoresearch.explain import compare
 from autoresearch.store import Experiment
 
 
 def _result_line(exp: Experiment, best: float | None) -> str:
-    bpb = f"{exp.val_bpb:.4f}" if exp.val_bpb is not None else "-"
-    delta = f" Δ {exp.delta:+.4f}" if exp.delta is not None and exp.kind != "baseline" else ""
-    best_s = f"  best {best:.4f}" if best is not None else ""
-    return (f"#{exp.id} [{exp.status.value}] {exp.title}: val_bpb {bpb}{delta} "
-            f"({exp.reason}){best_s}")
+    """The candidate beside the champion on the same seeds, and the verdict in words."""
+    c = compare(exp)
+    words = exp.reason if c.stage == "failed" and exp.reason else c.words
+    return f"#{exp.id} [{exp.status.value}] {exp.title}: {words}"
 
 
 class PlainReporter:
@@ -62,7 +62,8 @@ class LiveReporter(PlainReporter):
         t = Table.grid(padding=(0, 2))
         t.add_row("experiment", self.current)
         t.add_row("phase", self.phase_text)
-        t.add_row("best val_bpb", f"{self.best:.4f}" if self.best is not None else "-")
+        t.add_row("champion", f"val_bpb {self.best:.4f} (mean over the run's seeds)"
+                  if self.best is not None else "-")
         elapsed = time.monotonic() - self.started
         eta = "-"
         if self.planned and self.durations:

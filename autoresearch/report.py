@@ -11,7 +11,9 @@ from typing import Any
 
 from rich.table import Table
 
+from autoresearch import curves
 from autoresearch.errors import UsageError
+from autoresearch.explain import compare
 from autoresearch.metrics import Metrics
 from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
@@ -48,6 +50,9 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         "calls_with_unknown_cost": unknown, "reason": e.reason, "commit": e.commit,
         "replay_of": e.replay_of,
     }
+    c = compare(e)  # the candidate beside the champion on the same seeds, in words
+    d |= {"paired_seeds": c.seeds, "value_on_seeds": c.value, "champion_on_seeds": c.champion,
+          "needed": c.needed, "stage": c.stage, "explanation": c.words}
     if full:
         d["rationale"] = e.rationale
         d["parent_commit"] = e.parent_commit
@@ -71,17 +76,25 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
 def history_table(store: Store, rows: list[Experiment]) -> Table:
     costs = store.costs([e.id for e in rows if e.id is not None])
     t = Table(show_edge=False, header_style="bold")
-    for col in ("id", "run", "title", "status", "val_bpb", "Δ vs champion", "seconds", "cost"):
-        t.add_column(col, justify="right" if col not in ("title", "status") else "left")
+    for col in ("id", "run", "title", "status", "val_bpb", "champion", "seeds", "Δ", "why",
+                "seconds", "cost"):
+        t.add_column(col, justify="left" if col in ("title", "status", "seeds", "why")
+                     else "right")
     for e in rows:
         assert e.id is not None
         known, unknown = costs.get(e.id, (0.0, 0))
-        delta = "" if e.kind == "baseline" else _f(e.delta, "+.4f")
+        c = compare(e)  # both values on the same seeds
+        value = _f(c.value if c.seeds else e.val_bpb)
+        champ = "" if e.kind == "baseline" else _f(c.champion)
+        delta = "" if e.kind == "baseline" else _f(c.delta if c.seeds else e.delta, "+.4f")
+        seeds = ",".join(map(str, c.seeds))
         title = e.title if len(e.title) <= 48 else e.title[:47] + "…"
-        t.add_row(str(e.id), str(e.run_id), title, e.status.value, _f(e.val_bpb), delta,
-                  f"{e.seconds:.0f}", _cost(known, unknown))
+        why = (e.reason or c.short) if c.stage == "failed" else c.short
+        why = why if len(why) <= 48 else why[:47] + "…"
+        t.add_row(str(e.id), str(e.run_id), title, e.status.value, value, champ, seeds, delta,
+                  why, f"{e.seconds:.0f}", _cost(known, unknown))
     if not rows:
-        t.add_row("", "", "(no experiments)", "", "", "", "", "")
+        t.add_row("", "", "(no experiments)", "", "", "", "", "", "", "", "")
     return t
 
 
@@ -135,12 +148,21 @@ def experiment_text(store: Store, e: Experiment) -> str:
     if e.rationale:
         lines.append(f"why      {e.rationale}")
     lines.append(f"commit   {e.commit or '-'} (parent {e.parent_commit[:12] or '-'})")
-    lines.append(f"val_bpb  {_f(e.val_bpb)}   champion {_f(e.champion_bpb)}   "
-                 f"Δ {_f(e.delta, '+.4f')}")
+    c = compare(e)
+    if c.seeds and e.kind != "baseline":
+        where = ("seed " if len(c.seeds) == 1 else "seeds ") + ", ".join(map(str, c.seeds))
+        lines.append(f"val_bpb  {_f(c.value)} vs champion {_f(c.champion)} on {where}   "
+                     f"Δ {_f(c.delta, '+.4f')}")
+    else:
+        lines.append(f"val_bpb  {_f(e.val_bpb)}")
+    lines.append(f"verdict  {c.words}")
+    champ_by_seed = champion_by_seed(e)
     for m in d["measurements"]:
         extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
-        lines.append(f"  seed {m['seed']}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}  "
-                     f"steps {m['steps']}  tokens {m['train_tokens']:,}  "
+        versus = (f" (champion {champ_by_seed[m['seed']]:.4f})"
+                  if m["seed"] in champ_by_seed else "")
+        lines.append(f"  seed {m['seed']}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
+                     f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
                      f"{m['total_seconds']:.1f}s{extra}")
     dec = d["decision"]
     if dec and e.kind != "baseline":
@@ -160,6 +182,15 @@ def experiment_text(store: Store, e: Experiment) -> str:
     return "\n".join(lines)
 
 
+def champion_by_seed(e: Experiment) -> dict[int, float]:
+    """seed -> the champion's value on that seed, from a candidate's decision evidence."""
+    try:
+        ev = (json.loads(e.decision) if e.decision else {}).get("evidence") or {}
+        return {int(s): float(v) for s, v in zip(ev["seeds"], ev["champion"], strict=True)}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
 def _short(v: Any) -> str:
     """Evidence values for people: floats to 4 decimals, lists of them too."""
     if isinstance(v, float):
@@ -173,6 +204,30 @@ def logs(workspace: Path, e: Experiment) -> dict[str, str]:
     d = workspace / "experiments" / str(e.id)
     return {str(p.relative_to(d)): p.read_text(encoding="utf-8", errors="replace")
             for p in sorted(d.glob("seed-*/run.log"))}
+
+
+def experiment_curves(workspace: Path, e: Experiment) -> dict[int, list[curves.Point]]:
+    """seed -> training curve of an experiment (display data, see autoresearch/curves.py)."""
+    return curves.experiment_curves(workspace / "experiments" / str(e.id))
+
+
+def curves_dict(workspace: Path, e: Experiment) -> dict[str, Any]:
+    """For --json: per seed, how many points, and the loss curve in a few dozen points."""
+    return {str(seed): {"points": len(pts), "loss": curves.compact_loss(pts, 32)}
+            for seed, pts in experiment_curves(workspace, e).items()}
+
+
+def curves_text(workspace: Path, e: Experiment) -> str:
+    """``show``'s curve summary: per seed, each logged scalar first -> last, min, sparkline."""
+    found = experiment_curves(workspace, e)
+    if not found:
+        return "curves   none recorded (train() did not call run.log with numbers)"
+    lines = ["curves   (as train() logged them; display only, not the metric)"]
+    for seed, points in found.items():
+        head, *rest = curves.summary(points).splitlines()
+        lines.append(f"  seed {seed}: {head}")
+        lines.extend(f"  {line}" for line in rest)
+    return "\n".join(lines)
 
 
 def run_summary(store: Store, r: Run) -> str:

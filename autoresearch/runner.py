@@ -28,7 +28,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from autoresearch import integrity
+from autoresearch import curves, integrity
 from autoresearch import sandbox as sandbox_mod
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
@@ -142,6 +142,7 @@ def measure(
              *(a for cache in caches for a in ("--writable", cache))],
             cwd=scratch, env=train_env, timeout=deadline, log=log)
         train = _read(scratch / "report.json", TrainReport)
+        curves.collect(scratch / curves.CURVE_FILE, out_dir / curves.CURVE_FILE)  # display only
         if train is not None:  # its bookkeeping only; status and error are judged below
             metrics = metrics.model_copy(update=train.model_dump(exclude={"status", "error"}))
         if changed := integrity.changed_path(installed, integrity.installed_signature()):

@@ -172,16 +172,21 @@ def _detach(row: T) -> T:
 class Store:
     """One SQLite file. ``Store(Path)`` opens (and creates) it; ``Store(None)`` is in-memory."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, read_only: bool = False) -> None:
+        """``read_only`` (a dashboard): the file opened with mode=ro, nothing created or
+        written, so a reader never takes a write lock while a loop writes."""
         self.path = path
         url = "sqlite://" if path is None else f"sqlite:///{path}"
         if path is not None and not path.parent.is_dir():
             raise StoreError(f"cannot create {path}: folder {path.parent} does not exist")
+        if read_only and path is not None:
+            url = f"sqlite:///{path.resolve().as_uri()}?mode=ro&uri=true"
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(self.engine, "connect", _on_connect)
         try:
-            self._create_tables()
-            self._check_schema()
+            if not read_only:
+                self._create_tables()
+            self._check_schema(read_only)
         except SQLAlchemyError as e:
             raise StoreError(f"cannot open results database {path}: {e.__class__.__name__}: "
                              f"{str(e).splitlines()[0]}") from e
@@ -239,10 +244,11 @@ class Store:
             SQLModel.metadata.create_all(conn)
             conn.commit()
 
-    def _check_schema(self) -> None:
+    def _check_schema(self, read_only: bool = False) -> None:
         with self.engine.begin() as conn:
-            conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', "
-                              ":v)"), {"v": str(SCHEMA_VERSION)})
+            if not read_only:
+                conn.execute(text("INSERT OR IGNORE INTO meta (key, value) VALUES "
+                                  "('schema_version', :v)"), {"v": str(SCHEMA_VERSION)})
             found = conn.execute(text("SELECT value FROM meta WHERE key = 'schema_version'"))
             version = int(found.scalar_one())
         if version > SCHEMA_VERSION:

@@ -213,6 +213,28 @@ def render_crash_log(log: str | None) -> str:
     )
 
 
+def _tokens_label(n: int) -> str:
+    return f"{n / 1e6:.3g}M" if n >= 1_000_000 else f"{n / 1e3:.3g}k" if n >= 1000 else str(n)
+
+
+def render_curves(curves: Mapping[str, list[tuple[int, float]]]) -> str:
+    """The training-loss curves in a few dozen points each; empty when there are none."""
+    if not curves:
+        return ""
+    lines = [
+        "## Training loss curves",
+        "",
+        "Training loss by tokens seen (`tokens: loss`), as train.py logged it, a few points "
+        "each. Use their shape to judge under- or over-training; they come from the training "
+        "code itself and are not the metric.",
+        "",
+    ]
+    for label, points in curves.items():
+        shown = ", ".join(f"{_tokens_label(int(t))}: {loss:.4g}" for t, loss in points)
+        lines.append(f"- {one_line(label, 120)}: {shown}")
+    return "\n".join(lines)
+
+
 # -- putting it together ----------------------------------------------------------------------
 
 
@@ -231,6 +253,7 @@ def variables(context: Context, *, history_tokens: int = HISTORY_TOKENS) -> dict
             context.history, omitted_before=context.omitted, budget_tokens=history_tokens
         ),
         "crash_log": render_crash_log(context.last_crash_log),
+        "curves": render_curves(context.curves),
         "error": (context.repair or "").strip(),
     }
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoresearch.curves import CURVE_FILE, CurveWriter
 from autoresearch.harness import (
     BudgetExhausted,
     HarnessFailure,
@@ -51,6 +52,7 @@ class Run:
         self.steps = 0  # batches served by get_batch
         self.setup_seconds = 0.0
         self.failure: HarnessFailure | None = None  # kept even if train() catches it
+        self.curve: CurveWriter | None = None  # where log() records its numbers, if set
         self._data = train_tokens
         self._rng = np.random.default_rng(seed)  # batches depend on the seed and nothing else
         self._budget = budget
@@ -102,7 +104,7 @@ class Run:
 
     def log(self, **scalars: Any) -> None:
         """Print one progress line for humans; a non-finite ``*loss*`` value ends the run."""
-        parts = []
+        parts, numbers = [], {}
         for key, value in scalars.items():
             if isinstance(value, torch.Tensor | np.generic | int | float):
                 value = float(value)
@@ -110,10 +112,13 @@ class Run:
                     raise self._fail(NonFiniteLoss(
                         f"{key} is {value} after {self.steps} batches (train() logged it)"))
                 parts.append(f"{key} {value:.4g}")
+                numbers[key] = value
             else:
                 parts.append(f"{key} {value}")
         print(f"[{self.seconds():7.1f}s {self.tokens:>11,} tok] " + " | ".join(parts),
               flush=True)
+        if self.curve is not None:  # display data only (autoresearch/curves.py)
+            self.curve.add(self.seconds(), self.tokens, self.steps, numbers)
 
     def seconds(self) -> float:
         """Seconds on the budget clock so far (up to train() returning, once it has)."""
@@ -123,6 +128,8 @@ class Run:
     def finish(self) -> None:
         """Called by the harness after train() returned: raise what train() may have hidden."""
         self._t_stop = time.monotonic()
+        if self.curve is not None:
+            self.curve.close()
         if self._t_first is None:
             self.setup_seconds = time.monotonic() - self._t_setup
             self._check_setup()
@@ -191,6 +198,7 @@ def train_phase(args: argparse.Namespace) -> int:
         train_data = np.memmap(Path(args.data) / "train.bin", dtype=np.uint8, mode="r")
         run = Run(train_data, device=args.device, seed=args.seed, vocab_size=256,
                   seq_len=args.seq_len, budget=budget_of(args), setup_cap=args.setup_cap)
+        run.curve = CurveWriter(Path(args.report).with_name(CURVE_FILE))
         if args.sandbox == "on":
             fence(args)  # from here on, nothing outside the allowed folders can be opened
         train = load_train(Path(args.source))

@@ -20,10 +20,14 @@ class Bigram(nn.Module):
 def train(run):
     model = Bigram(run.vocab_size).to(run.device)
     opt = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    step = 0
     while run.tokens_left() >= BATCH_SIZE * SEQ_LEN and run.time_left() > 0:
         x, y = run.get_batch(BATCH_SIZE, SEQ_LEN)
         loss = nn.functional.cross_entropy(model(x).view(-1, run.vocab_size), y.view(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if step % 5 == 0:
+            run.log(step=step, loss=loss.item(), lr=LEARNING_RATE)
+        step += 1
     return model.eval()
