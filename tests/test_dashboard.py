@@ -20,7 +20,9 @@ from fastapi.testclient import TestClient
 
 from autoresearch.curves import Point
 from autoresearch.dashboard import create_app
+from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus as ES
+from autoresearch.models import RunStatus
 from autoresearch.store import Store
 from autoresearch.workspace import init_workspace
 
@@ -62,7 +64,7 @@ def recorded(tmp_path: Path) -> Path:
                                 decision=json.dumps(decision))
     for e, v in ((base, 3.0), (cand, 2.5)):
         assert e.id is not None
-        store.add_measurement(experiment_id=e.id, seed=0, status="ok", val_bpb=v, steps=10)
+        store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=v, steps=10))
         folder = tmp_path / "experiments" / str(e.id) / "seed-0"
         folder.mkdir(parents=True)
         (folder / "run.log").write_text(f"training #{e.id}\nstep 9 | loss 4.2\n")

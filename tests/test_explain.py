@@ -6,7 +6,9 @@ import json
 
 from autoresearch import decide
 from autoresearch.explain import compare
+from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus as ES
+from autoresearch.models import RunStatus
 from autoresearch.progress import _result_line
 from autoresearch.report import experiment_text, history_table
 from autoresearch.store import Store
@@ -21,7 +23,7 @@ def _decided(store: Store, candidate: dict[int, float], status: ES, title: str) 
                              delta=d.delta, reason=d.reason, decision=json.dumps(d.model_dump()))
     assert e.id is not None
     for seed, v in candidate.items():
-        store.add_measurement(experiment_id=e.id, seed=seed, status="ok", val_bpb=v)
+        store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=seed, val_bpb=v))
     return e.id
 
 
