@@ -13,6 +13,7 @@ into loop/ (scheduler, experiment, replay) with the parallel-slots work.
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,9 +24,11 @@ from typing import Any, Protocol
 from autoresearch import curves as curves_mod
 from autoresearch import decide as decide_mod
 from autoresearch import edits, guard, runner
+from autoresearch import speed as speed_mod
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
+from autoresearch.decide import Decision, Reproduction
 from autoresearch.errors import AutoresearchError, UsageError, one_line
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import (
@@ -87,6 +90,7 @@ class ResearchLoop:
         self.run: Run | None = None
         self.data: PreparedData | None = None
         self.redo: list[tuple[int, Proposal]] = []  # interrupted proposals to measure again
+        self.drifting = False  # the last measurement's machine speed was not the champion's
 
     # -- run lifecycle ----------------------------------------------------------------------
     def start(self, experiments: int) -> Run:
@@ -365,11 +369,34 @@ class ResearchLoop:
         champion = self._champion_values()
         noise = run.noise_std or 0.0
         verdict = None
+        stored: Decision | None = None  # the screen's verdict against the stored champion
         if failed is None:
             self.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
             verdict = decide_mod.decide(values, champion, noise_std=noise,
                                         min_delta=run.min_delta, seeds=self.seeds)
-            if verdict.verdict == "confirm":
+            if verdict.verdict != "discard" and self.budget.kind == "time":
+                # wall-clock results depend on the machine's speed at the time: a promising
+                # candidate is judged against the champion re-measured alongside it
+                stored = verdict
+                self.store.transition(exp_id, ES.running)
+                self.reporter.phase(exp_id, seq, proposal.title,
+                                    f"confirming alongside the champion on seeds {self.seeds}")
+                values, control, failed, champion_failed = self._alongside(exp_id, wt, values)
+                if champion_failed is not None:
+                    verdict = Decision(
+                        verdict="discard", delta=None, evidence={"stored": stored.evidence},
+                        reason=f"discarded: the champion's re-measurement failed on seed "
+                        f"{champion_failed.seed} ({champion_failed.status.value}): "
+                        f"{one_line(champion_failed.error)}")
+                    champion = {}
+                elif failed is None:
+                    self.store.transition(exp_id, ES.measured,
+                                          val_bpb=statistics.fmean(values.values()))
+                    champion = control
+                    verdict = decide_mod.decide(values, champion, noise_std=noise,
+                                                min_delta=run.min_delta, seeds=self.seeds)
+                    verdict = _alongside_evidence(verdict, stored)
+            elif verdict.verdict == "confirm":
                 rest = [s for s in self.seeds if s not in values]
                 self.store.transition(exp_id, ES.running)
                 self.reporter.phase(exp_id, seq, proposal.title, f"confirming on seeds {rest}")
@@ -384,8 +411,8 @@ class ResearchLoop:
             exp = self._failed(exp_id, failed, seconds=self._seconds(exp_id))
         else:
             assert verdict is not None
-            paired = [s for s in self.seeds if s in values]
-            champ_mean = statistics.fmean(champion[s] for s in paired)
+            paired = [s for s in self.seeds if s in values and s in champion]
+            champ_mean = statistics.fmean(champion[s] for s in paired) if paired else None
             evidence = verdict.model_dump()
             fields = dict(val_bpb=statistics.fmean(values.values()), champion_bpb=champ_mean,
                           delta=verdict.delta, reason=verdict.reason,
@@ -448,6 +475,8 @@ class ResearchLoop:
             result["verdict"] = f"replay failed ({failed.status.value}): {one_line(failed.error)}"
             return result
         check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
+        if not check.reproduces and self.budget.kind == "time":
+            check = self._machine_note(check, exp.id, new.id)
         mean = statistics.fmean(values.values())
         self.store.transition(new.id, ES.measured, val_bpb=mean, reason=check.reason,
                               decision=check.model_dump_json(), seconds=self._seconds(new.id),
@@ -456,33 +485,111 @@ class ResearchLoop:
         result["reproduces"] = check.reproduces
         return result
 
+    def _machine_note(self, check: Reproduction, original: int, replay: int) -> Reproduction:
+        """A replay that differs under a wall-clock budget: was it the machine?"""
+        def speeds(exp_id: int) -> list[float]:
+            return [m.speed for m in self.store.measurements(exp_id, role="candidate")
+                    if m.speed is not None]
+
+        before, now = speeds(original), speeds(replay)
+        r = speed_mod.ratio(statistics.median(now) if now else None, before)
+        if not speed_mod.drifted(r, before):
+            return check
+        assert r is not None
+        note = (f"; but the machine ran at {speed_mod.describe(r)} of the original's "
+                "measurements: under a wall-clock budget the difference is the machine's, not "
+                "the code's (--token-budget compares the code alone)")
+        return check.model_copy(update={"reason": check.reason + note,
+                                        "evidence": check.evidence | {"speed_ratio": r}})
+
     # -- helpers ------------------------------------------------------------------------------
-    def _measure(self, exp_id: int, wt: Path, seeds: list[int]) -> tuple[dict[int, float],
-                                                                        Metrics | None]:
-        """Measure ``seeds`` in order; stop at the first failure (returned as the 2nd item)."""
+    def _measure(self, exp_id: int, wt: Path, seeds: list[int], role: str = "candidate"
+                 ) -> tuple[dict[int, float], Metrics | None]:
+        """Measure ``seeds`` in order; stop at the first failure (returned as the 2nd item).
+        ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         assert self.run is not None and self.data is not None
         values: dict[int, float] = {}
+        folder = "seed" if role == "candidate" else "champion-seed"
         for seed in seeds:
             m = runner.measure(source=wt, data=self.data.path, budget=self.budget, seed=seed,
                                device=self.run.device,
-                               out_dir=self.ws.exp_dir(exp_id) / f"seed-{seed}",
+                               out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                                gpu=self.settings.gpu, sandbox=self.settings.sandbox,
                                expect_sha256=self.run.dataset_sha256)
-            self.store.add_measurement(exp_id, m)
+            self.store.add_measurement(exp_id, m, role=role, **self._speed(exp_id, seed, m))
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None
             values[seed] = m.val_bpb
         return values, None
 
+    def _alongside(self, exp_id: int, wt: Path, values: dict[int, float]
+                   ) -> tuple[dict[int, float], dict[int, float], Metrics | None, Metrics | None]:
+        """Measure the champion on every seed, interleaved with the candidate's remaining seeds
+        (champion s0, candidate s1, champion s1, ...), so each pair ran in the same conditions.
+        Returns (candidate values, champion values, candidate failure, champion failure)."""
+        assert self.run is not None
+        champ_wt = self.ws.create_worktree(exp_id, self.run.champion_commit, branch=None,
+                                           name="champion")
+        control: dict[int, float] = {}
+        try:
+            for seed in self.seeds:
+                got, bad = self._measure(exp_id, champ_wt, [seed], role="champion")
+                if bad is not None:
+                    return values, control, None, bad
+                control.update(got)
+                if seed not in values:
+                    got, bad = self._measure(exp_id, wt, [seed])
+                    if bad is not None:
+                        return values, control, bad, None
+                    values.update(got)
+        finally:
+            self.ws.remove_worktree(exp_id, name="champion")
+        return values, control, None, None
+
+    def _speed(self, exp_id: int, seed: int, m: Metrics) -> dict[str, Any]:
+        """The measurement's machine speed, relative to the champion's; a drift is recorded
+        and, when it starts or ends under a time budget, said in one line."""
+        speed = speed_mod.combined(m.speed_before, m.speed_after)
+        ref = self._reference_speeds()
+        ratio = speed_mod.ratio(speed, ref)
+        tol = speed_mod.tolerance(ref)
+        why = None
+        if speed_mod.drifted(ratio, ref):
+            assert ratio is not None
+            why = (f"the machine ran at {speed_mod.describe(ratio)} of the champion's "
+                   f"measurements (tolerance ±{math.expm1(tol):.0%})")
+        elif m.speed_before and m.speed_after and speed_mod.drifted(
+                m.speed_after / m.speed_before, ref or [m.speed_before]):
+            why = (f"the machine's speed changed during training ({m.speed_before:.3g} -> "
+                   f"{m.speed_after:.3g} GFLOP/s)")
+        if self.budget.kind == "time" and (why is not None) != self.drifting:
+            self.drifting = why is not None
+            where = f"experiment {exp_id} seed {seed}"
+            self.reporter.notice(
+                f"machine speed drift at {where}: {why}; under a wall-clock budget its "
+                "val_bpb is not comparable with earlier measurements, so a promising "
+                "candidate is confirmed against the champion re-measured alongside it"
+                if why else f"machine speed back within ±{math.expm1(tol):.0%} of the "
+                f"champion's at {where}")
+        return {"speed": speed, "speed_ratio": ratio, "drift": why}
+
+    def _reference_speeds(self) -> list[float]:
+        """The champion's own measurements' speeds (none while the baseline is measured)."""
+        if self.run is None or self.run.champion_experiment_id is None:
+            return []
+        return [m.speed for m in self.store.measurements(self.run.champion_experiment_id,
+                                                         role="candidate")
+                if m.status == "ok" and m.speed is not None]
+
     def _champion_values(self) -> dict[int, float]:
         assert self.run is not None and self.run.champion_experiment_id is not None
         return self._ok_values(self.run.champion_experiment_id)
 
     def _ok_values(self, exp_id: int) -> dict[int, float]:
-        """seed -> val_bpb of an experiment's successful measurements."""
-        return {m.seed: m.val_bpb for m in self.store.measurements(exp_id)
+        """seed -> val_bpb of an experiment's own successful measurements."""
+        return {m.seed: m.val_bpb for m in self.store.measurements(exp_id, role="candidate")
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     def _failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
@@ -504,6 +611,7 @@ class ResearchLoop:
         """Remove a finished experiment's worktree and branch, unless the user keeps them."""
         if not self.settings.keep_worktrees:
             self.ws.remove_worktree(exp_id, branch, delete_branch=True)
+        self.ws.remove_worktree(exp_id, name="champion")  # left by a kill mid-confirmation
 
     def _write_json(self, exp_id: int, name: str, obj: Any) -> None:
         d = self.ws.exp_dir(exp_id)
@@ -561,3 +669,12 @@ def log_tail(exp_dir: Path, limit: int) -> str:
     text = logs[-1].read_text(encoding="utf-8", errors="replace")
     return text[-limit:]
 
+
+def _alongside_evidence(verdict: Decision, stored: Decision) -> Decision:
+    """Say in a decision made on re-measured champion values what the stored ones said."""
+    note = (f"; judged against the champion re-measured alongside (its stored value"
+            f"{'s' if len(stored.evidence.get('seeds', [])) > 1 else ''} gave Δ "
+            f"{stored.delta:+.4f})" if stored.delta is not None else "")
+    evidence = verdict.evidence | {"champion_source": "re-measured alongside",
+                                   "stored": stored.evidence}
+    return verdict.model_copy(update={"reason": verdict.reason + note, "evidence": evidence})

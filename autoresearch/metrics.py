@@ -57,6 +57,10 @@ class Metrics(BaseModel):
     eval_seconds: float = 0.0  # the trusted evaluation process, start to end
     seq_len: int = 0  # evaluation context length
     sandbox: str = ""  # the training process's OS sandbox: "landlock vN", "none (why)" or "off"
+    # GFLOP/s of autoresearch.speed's reference workload in the training process, just before
+    # the agent's code was imported and just after train() returned (bookkeeping, never a metric)
+    speed_before: float | None = None
+    speed_after: float | None = None
 
     @model_validator(mode="after")
     def _no_metric_unless_ok(self) -> Metrics:
@@ -92,6 +96,8 @@ class TrainReport(BaseModel):
     setup_seconds: float = 0.0
     export_seconds: float = 0.0
     peak_memory_mb: float = 0.0
+    speed_before: float | None = None
+    speed_after: float | None = None
 
 
 class EvalReport(BaseModel):

@@ -60,7 +60,9 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         d["measurements"] = [
             {"seed": m.seed, "status": m.status, "val_bpb": m.val_bpb, "val_loss": m.val_loss,
              "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
-             "total_seconds": m.total_seconds, "params": m.params, "error": m.error}
+             "total_seconds": m.total_seconds, "params": m.params, "error": m.error,
+             "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
+             "drift": m.drift}
             for m in store.measurements(e.id)
         ]
         d["agent_calls"] = [
@@ -117,14 +119,14 @@ def run_dict(store: Store, r: Run) -> dict[str, Any]:
         "champion_bpb": champ.val_bpb if champ else None,
         "champion_experiment": r.champion_experiment_id, "champion_commit": r.champion_commit,
         "cost_usd": known, "calls": n_calls, "calls_with_unknown_cost": unknown,
-        "stop_reason": r.stop_reason,
+        "stop_reason": r.stop_reason, "drifted_measurements": store.drifted(r.id),
     }
 
 
 def runs_table(store: Store, rows: list[Run]) -> Table:
     t = Table(show_edge=False, header_style="bold")
     for col in ("run", "tag", "state", "agent", "budget", "done", "kept", "baseline",
-                "champion", "cost"):
+                "champion", "cost", "drift"):
         t.add_column(col)
     for r in rows:
         d = run_dict(store, r)
@@ -133,10 +135,19 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
         t.add_row(str(r.id), r.tag or "", d["state"], agent,
                   d["budget"], f"{done}/{r.experiments_planned}",
                   str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
-                  _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]))
+                  _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]),
+                  _drift(d["drifted_measurements"]))
     if not rows:
-        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "")
+        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "", "")
     return t
+
+
+def _drift(drifted: list[dict[str, int]]) -> str:
+    """'#4 s0, #5 s1' for the runs table: measurements whose machine speed drifted."""
+    if not drifted:
+        return ""
+    where = [f"#{d['experiment']} s{d['seed']}" for d in drifted[:3]]
+    return ", ".join(where) + (f" +{len(drifted) - 3}" if len(drifted) > 3 else "")
 
 
 def experiment_text(store: Store, e: Experiment) -> str:
@@ -160,10 +171,13 @@ def experiment_text(store: Store, e: Experiment) -> str:
     for m in d["measurements"]:
         extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
         versus = (f" (champion {champ_by_seed[m['seed']]:.4f})"
-                  if m["seed"] in champ_by_seed else "")
-        lines.append(f"  seed {m['seed']}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
+                  if m["seed"] in champ_by_seed and m["role"] == "candidate" else "")
+        who = " champion" if m["role"] == "champion" else ""
+        lines.append(f"  seed {m['seed']}{who}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
                      f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
-                     f"{m['total_seconds']:.1f}s{extra}")
+                     f"{m['total_seconds']:.1f}s{_speed(m)}{extra}")
+        if m["drift"]:
+            lines.append(f"    ! machine speed: {m['drift']}")
     dec = d["decision"]
     if dec and e.kind != "baseline":
         lines.append(f"evidence ({dec.get('verdict') or 'reproduction'}):")
@@ -189,6 +203,14 @@ def champion_by_seed(e: Experiment) -> dict[int, float]:
         return {int(s): float(v) for s, v in zip(ev["seeds"], ev["champion"], strict=True)}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def _speed(m: dict[str, Any]) -> str:
+    """'  speed 31.2 GFLOP/s (1.02x champion)' for a measurement line."""
+    if m["speed_gflops"] is None:
+        return ""
+    rel = f" ({m['speed_ratio']:.2f}x champion)" if m["speed_ratio"] is not None else ""
+    return f"  speed {m['speed_gflops']:.3g} GFLOP/s{rel}"
 
 
 def _short(v: Any) -> str:

@@ -139,6 +139,12 @@ class Measurement(SQLModel, table=True):
     device: str = ""
     error: str | None = Field(default=None, sa_column=Column(Text))
     metrics: str = Field(default="{}", sa_column=Column(Text))
+    # "candidate": the experiment's own code; "champion": the champion re-measured alongside
+    # a promising candidate under a time budget (the values its keep decision is made on)
+    role: str = "candidate"
+    speed: float | None = None  # reference GFLOP/s in the training process (autoresearch.speed)
+    speed_ratio: float | None = None  # speed / the champion's reference speed at the time
+    drift: str | None = None  # why this measurement's machine speed is not comparable, if so
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -242,6 +248,7 @@ class Store:
         with self.engine.connect() as conn:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             SQLModel.metadata.create_all(conn)
+            _add_new_columns(conn)
             conn.commit()
 
     def _check_schema(self, read_only: bool = False) -> None:
@@ -331,16 +338,31 @@ class Store:
             return int(s.exec(q).one())
 
     # -- measurements and calls -------------------------------------------------------------
-    def add_measurement(self, experiment_id: int, metrics: Metrics) -> Measurement:
-        """Record one measurement: its columns from ``metrics``, and all of it as JSON."""
+    def add_measurement(self, experiment_id: int, metrics: Metrics, **fields: Any
+                        ) -> Measurement:
+        """Record one measurement: its columns from ``metrics``, and all of it as JSON;
+        ``fields``: what the loop adds (role, speed, drift)."""
         columns = metrics.model_dump(include=_MEASURED)
-        return self._add(Measurement(experiment_id=experiment_id, **columns,
+        return self._add(Measurement(experiment_id=experiment_id, **columns, **fields,
                                      metrics=metrics.model_dump_json()))
 
-    def measurements(self, exp_id: int) -> list[Measurement]:
+    def measurements(self, exp_id: int, role: str | None = None) -> list[Measurement]:
+        """An experiment's measurements in order; ``role`` keeps only "candidate" or
+        "champion" ones."""
         with self._tx() as s:
             q = select(Measurement).where(Measurement.experiment_id == exp_id)
+            if role is not None:
+                q = q.where(Measurement.role == role)
             return [_detach(m) for m in s.exec(q.order_by(col(Measurement.id)))]
+
+    def drifted(self, run_id: int) -> list[dict[str, int]]:
+        """A run's measurements whose machine speed was not the champion's: experiment, seed."""
+        with self._tx() as s:
+            q = (select(Measurement.experiment_id, Measurement.seed)
+                 .join(Experiment, col(Experiment.id) == col(Measurement.experiment_id))
+                 .where(Experiment.run_id == run_id, col(Measurement.drift).is_not(None))
+                 .order_by(col(Measurement.id)))
+            return [{"experiment": e, "seed": seed} for e, seed in s.exec(q)]
 
     def add_call(self, **fields: Any) -> AgentCall:
         return self._add(AgentCall(**fields))
@@ -384,6 +406,21 @@ class Store:
             q = select(known, unknown, func.count()).where(AgentCall.run_id == run_id)
             k, u, n = s.exec(q).one()
             return float(k or 0.0), int(u or 0), int(n)
+
+
+def _add_new_columns(conn: Any) -> None:
+    """A results.db from an older version lacks the columns added since: add them (each has a
+    default, so old rows read as before). Columns are only ever added, never changed."""
+    for table in SQLModel.metadata.sorted_tables:
+        have = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            kind = column.type.compile(dialect=conn.dialect)
+            default = getattr(column.default, "arg", None)
+            literal = "" if default is None or callable(default) else f" DEFAULT {default!r}"
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} "
+                                 f"{kind}{literal}")
 
 
 def _on_connect(dbapi_conn: Any, _record: Any) -> None:

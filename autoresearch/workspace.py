@@ -167,14 +167,16 @@ class Workspace:
     def exp_dir(self, exp_id: int) -> Path:
         return self.experiments_dir / str(exp_id)
 
-    def worktree_path(self, exp_id: int) -> Path:
-        return self.exp_dir(exp_id) / "worktree"
+    def worktree_path(self, exp_id: int, name: str = "worktree") -> Path:
+        return self.exp_dir(exp_id) / name
 
-    def create_worktree(self, exp_id: int, base: str, branch: str | None) -> Path:
-        """A fresh worktree for an experiment: on ``branch`` from ``base``, or detached."""
-        wt = self.worktree_path(exp_id)
+    def create_worktree(self, exp_id: int, base: str, branch: str | None,
+                        name: str = "worktree") -> Path:
+        """A fresh worktree for an experiment: on ``branch`` from ``base``, or detached.
+        ``name`` gives an experiment a second one (the champion it is measured alongside)."""
+        wt = self.worktree_path(exp_id, name)
         if wt.exists():
-            self.remove_worktree(exp_id, branch)
+            self.remove_worktree(exp_id, branch, name=name)
         wt.parent.mkdir(parents=True, exist_ok=True)
         self.repo.git.worktree("prune")
         if branch:
@@ -201,8 +203,8 @@ class Workspace:
         self.repo.git.update_ref(f"refs/experiments/{exp_id}", commit)
 
     def remove_worktree(self, exp_id: int, branch: str | None = None,
-                        delete_branch: bool = False) -> None:
-        wt = self.worktree_path(exp_id)
+                        delete_branch: bool = False, name: str = "worktree") -> None:
+        wt = self.worktree_path(exp_id, name)
         if wt.exists():
             try:
                 self.repo.git.worktree("remove", "--force", str(wt))

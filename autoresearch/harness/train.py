@@ -10,6 +10,7 @@ metric.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import math
 import resource
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoresearch import speed
 from autoresearch.curves import CURVE_FILE, CurveWriter
 from autoresearch.harness import (
     BudgetExhausted,
@@ -195,6 +197,8 @@ def train_phase(args: argparse.Namespace) -> int:
     try:
         sys.dont_write_bytecode = True  # leave no __pycache__ in the experiment's worktree
         seed_everything(args.seed)
+        # the machine's speed, timed before any agent code (and before the setup clock)
+        report.speed_before = speed.reference_speed(args.device)
         train_data = np.memmap(Path(args.data) / "train.bin", dtype=np.uint8, mode="r")
         run = Run(train_data, device=args.device, seed=args.seed, vocab_size=256,
                   seq_len=args.seq_len, budget=budget_of(args), setup_cap=args.setup_cap)
@@ -218,6 +222,9 @@ def train_phase(args: argparse.Namespace) -> int:
     except (Exception, SystemExit) as e:  # agent code may raise anything, sys.exit included
         report.status = e.status if isinstance(e, HarnessFailure) else RunStatus.crash
         report.error = describe(e)
+    if report.speed_before is not None:
+        with contextlib.suppress(Exception):  # a model that broke the device: speed unknown
+            report.speed_after = speed.reference_speed(args.device)
     if run is not None:
         report.steps, report.train_tokens = run.steps, run.tokens
         report.train_seconds, report.setup_seconds = run.seconds(), run.setup_seconds
