@@ -526,8 +526,9 @@ class ResearchLoop:
 
     def _alongside(self, exp_id: int, wt: Path, values: dict[int, float]
                    ) -> tuple[dict[int, float], dict[int, float], Metrics | None, Metrics | None]:
-        """Measure the champion on every seed, interleaved with the candidate's remaining seeds
-        (champion s0, candidate s1, champion s1, ...), so each pair ran in the same conditions.
+        """Measure the champion on every seed, each next to the candidate's run on that seed
+        (candidate s0 was just measured; then champion s0, champion s1, candidate s1, champion
+        s2, candidate s2, ...), so both values of a pair ran in the same conditions.
         Returns (candidate values, champion values, candidate failure, champion failure)."""
         assert self.run is not None
         champ_wt = self.ws.create_worktree(exp_id, self.run.champion_commit, branch=None,

@@ -16,20 +16,22 @@ import statistics
 import time
 from collections.abc import Sequence
 
-# (matrix size, multiplications per repeat, repeats): ~0.05 s on an idle 2-core CPU
-_PLAN = {"cpu": (192, 8, 5), "cuda": (2048, 20, 5), "mps": (1024, 10, 5)}
+# (matrix size, multiplications per chunk): a chunk takes ~1 ms on an idle 2-core CPU
+_PLAN = {"cpu": (256, 4), "cuda": (4096, 8), "mps": (1024, 8)}
+WINDOW = 0.06  # seconds of wall time sampled: longer than a scheduler's slices, so a share
+# of the CPU taken by other processes shows as a lower speed
 DRIFT_FLOOR = 0.25  # a speed within ±25% of the reference is never called drift
 DRIFT_SIGMAS = 4.0  # ... nor one within 4 standard deviations of the reference's own noise
 
 
-def reference_speed(device: str) -> float:
-    """GFLOP/s of a fixed matmul workload on ``device`` (median of a few repeats).
+def reference_speed(device: str, window: float = WINDOW) -> float:
+    """GFLOP/s of matrix multiplications on ``device`` over ``window`` seconds of wall time.
 
     Uses its own generator, so the global RNG the agent's code will see is untouched."""
     import torch
 
     kind = device.split(":")[0]
-    n, mults, repeats = _PLAN.get(kind, _PLAN["cpu"])
+    n, mults = _PLAN.get(kind, _PLAN["cpu"])
     dtype = torch.bfloat16 if kind == "cuda" else torch.float32
     gen = torch.Generator().manual_seed(0)
     a = torch.rand(n, n, generator=gen).to(device=device, dtype=dtype)
@@ -39,16 +41,17 @@ def reference_speed(device: str) -> float:
         if kind == "cuda":
             torch.cuda.synchronize()
 
-    torch.mm(a, b)
+    torch.mm(a, b)  # the first call pays for kernel selection
     sync()
-    rates = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    chunks, t0 = 0, time.perf_counter()
+    while True:
         for _ in range(mults):
             torch.mm(a, b)
         sync()
-        rates.append(2 * n**3 * mults / max(time.perf_counter() - t0, 1e-9) / 1e9)
-    return statistics.median(rates)
+        chunks += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= window:
+            return 2 * n**3 * mults * chunks / elapsed / 1e9
 
 
 def combined(before: float | None, after: float | None) -> float | None:
