@@ -17,11 +17,19 @@ measurements, our rule (decide.decide, as the loop applied it: screen on the fir
 confirmation on the rest) with the naive rule (keep_rules.naive_decide: keep when the first seed
 is lower than the champion's at all), both against the champion the loop had at the time.
 
-    python benchmarks/false_keeps.py [--experiments 20] [--seeds 3]
+Under a time budget a candidate that passes the screen is judged against the champion
+re-measured alongside it (loop.py), so "ours" includes that re-measurement; the naive rule
+compares the first seed with the champion's stored value, as a careless loop would.
+
+``--drift`` runs three loops in a row: a steady machine, then a CPU-bound background load
+(benchmarks/cpu_load.py, two busy processes per core) kept on while the baseline is measured
+and stopped at the first candidate, then the reverse (baseline idle, candidates loaded).
+
+    python benchmarks/false_keeps.py [--experiments 20] [--seeds 3] [--drift]
         [--time-budget 2 | --token-budget 65536] [--proposals mixed|text|rng] [--data offline]
 
-Prints one line, e.g. ``false keeps: ours 0/20 (0.0%), naive 9/20 (45.0%)  [...]``; progress
-goes to stderr.
+Prints one line per loop, e.g. ``false keeps: ours 0/20 (0.0%), naive 9/20 (45.0%)  [...]``;
+progress goes to stderr.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cpu_load import CpuLoad
 from keep_rules import naive_decide  # benchmarks/, this script's folder
 from rich.console import Console
 
@@ -115,13 +124,31 @@ def proposals(kind: str, n: int) -> list[dict[str, Any]]:
 
 
 class Progress(PlainReporter):
-    """One line per finished experiment on stderr; phases are left out."""
+    """One line per finished experiment on stderr; phases are left out. With a ``load`` and a
+    scenario it also starts and stops the background load: "baseline" keeps the machine busy
+    while the baseline is measured, "candidates" from the first candidate on."""
 
-    def phase(self, *args: Any) -> None:
-        pass
+    def __init__(self, console: Console, load: CpuLoad | None = None,
+                 scenario: str = "steady") -> None:
+        super().__init__(console, console)
+        self.load, self.scenario = load, scenario
+
+    def phase(self, exp_id: int, seq: int, title: str, phase: str) -> None:
+        if self.load is None or self.scenario == "steady":
+            return
+        loaded = (seq == 0) == (self.scenario == "baseline")
+        if loaded:
+            self.load.start()
+        else:
+            self.load.stop()
 
 
-def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+SCENARIOS = {"steady": "steady machine", "baseline": "baseline loaded, candidates idle",
+             "candidates": "baseline idle, candidates loaded"}
+
+
+def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
+                  ) -> dict[str, Any]:
     ws_dir = tmp / "ws"
     init_workspace(ws_dir)
     (ws_dir / "baseline" / "train.py").write_text(SOURCE, encoding="utf-8")
@@ -133,11 +160,12 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                         device="cpu", dataset=args.data, repairs=0, **budget)
     store = Store(settings.db_path)
     errors = Console(stderr=True, quiet=args.quiet)
-    loop = ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
-                        Progress(errors, errors))
     t0 = time.monotonic()
-    run = loop.start(args.experiments)
-    run = loop.execute()
+    with CpuLoad() as load:
+        loop = ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
+                            Progress(errors, load, scenario))
+        run = loop.start(args.experiments)
+        run = loop.execute()
     seconds = time.monotonic() - t0
     assert run.id is not None
     exps = store.experiments(run_id=run.id)
@@ -148,7 +176,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     def values(exp_id: int | None) -> dict[int, float]:
         assert exp_id is not None
-        return {m.seed: m.val_bpb for m in store.measurements(exp_id)
+        return {m.seed: m.val_bpb for m in store.measurements(exp_id, role="candidate")
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     for exp in exps:
@@ -171,7 +199,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     store.close()
     return {"ours": ours, "naive": naive, "measured": measured, "failed": failed,
             "noise": run.noise_std, "seconds": seconds, "budget": loop.budget.describe(),
-            "dataset": run.dataset}
+            "dataset": run.dataset, "drifted": len(store.drifted(run.id))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proposals", choices=sorted(NO_OPS), default="mixed",
                     help="which no-ops: text edits, RNG-consuming edits, or both")
     ap.add_argument("--data", default="offline", help="a .txt path, or 'offline'")
+    ap.add_argument("--drift", action="store_true",
+                    help="also run with a CPU-bound load started and stopped at set moments "
+                    "(baseline loaded, candidates idle; and the reverse); one line each")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = ap.parse_args(argv)
     if args.experiments < 1 or args.seeds < 2:
@@ -193,23 +224,30 @@ def main(argv: list[str] | None = None) -> int:
     # one thread per training process: on a small shared CPU, two spinning OpenMP threads per
     # process make throughput (and so a time budget's noise) much worse than it needs to be
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    tmp = Path(tempfile.mkdtemp(prefix="false-keeps-"))
-    try:
-        r = run_benchmark(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    n = r["measured"]
+    if args.drift and args.token_budget:
+        ap.error("--drift needs a time budget: under a token budget the machine's speed "
+                 "does not change val_bpb")
+    for scenario in ("steady", "baseline", "candidates") if args.drift else ("steady",):
+        tmp = Path(tempfile.mkdtemp(prefix="false-keeps-"))
+        try:
+            r = run_benchmark(args, tmp, scenario)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        n = r["measured"]
 
-    def pct(k: int) -> str:
-        return f"{k}/{n} ({100 * k / n:.1f}%)" if n else f"{k}/0"
+        def pct(k: int, n: int = n) -> str:
+            return f"{k}/{n} ({100 * k / n:.1f}%)" if n else f"{k}/0"
 
-    noise = f"σ={r['noise']:.4f}" if r["noise"] is not None else "σ unknown"
-    failed = f", {len(r['failed'])} failed runs left out" if r["failed"] else ""
-    print(f"false keeps: ours {pct(r['ours'])}, naive {pct(r['naive'])}  [K={args.seeds} seeds, "
-          f"{r['budget']} budget, {DESCRIBE[args.proposals]}, baseline noise {noise}, "
-          f"data {Path(r['dataset']).name}, {r['seconds']:.0f} s{failed}]")
-    for line in r["failed"]:
-        print(f"  {line}", file=sys.stderr)
+        noise = f"σ={r['noise']:.4f}" if r["noise"] is not None else "σ unknown"
+        failed = f", {len(r['failed'])} failed runs left out" if r["failed"] else ""
+        where = f"{SCENARIOS[scenario]}, {r['drifted']} measurements flagged as drift, " \
+            if args.drift else ""
+        print(f"false keeps: ours {pct(r['ours'])}, naive {pct(r['naive'])}  [{where}"
+              f"K={args.seeds} seeds, {r['budget']} budget, {DESCRIBE[args.proposals]}, "
+              f"baseline noise {noise}, data {Path(r['dataset']).name}, "
+              f"{r['seconds']:.0f} s{failed}]", flush=True)
+        for line in r["failed"]:
+            print(f"  {line}", file=sys.stderr)
     return 0
 
 
