@@ -163,7 +163,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
 
     def in_flight(store: Store, r: Run, e: Experiment) -> dict[str, Any]:
         assert e.id is not None
-        done = [m.seed for m in store.measurements(e.id)]
+        done = [m.seed for m in store.measurements(e.id, role="candidate")]
         planned = r.seed_list if e.kind != "candidate" else (
             r.seed_list[:1] if len(done) < 1 else r.seed_list)
         pending = [s for s in planned if s not in done]
@@ -203,7 +203,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
         d = report.experiment_dict(store, e, full=True)
         by_seed = report.champion_by_seed(e)
         for m in d["measurements"]:
-            m["champion_bpb"] = by_seed.get(m["seed"])
+            m["champion_bpb"] = by_seed.get(m["seed"]) if m["role"] == "candidate" else None
         run = store.get_run(e.run_id)
         d["champion_now"] = run.champion_experiment_id if run else None
         d["done"] = is_done(e)
