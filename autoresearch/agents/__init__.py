@@ -42,7 +42,7 @@ def make_agent(
     notice: Callable[[str], None],
     prompts_dir: Path | None = None,
 ) -> Agent:
-    """Build the agent a run asks for; ``auto`` picks by which API key is set."""
+    """Build the agent a run asks for; ``auto`` picks by which API key is set (else playbook)."""
     from autoresearch.agents.mock import MockAgent
     from autoresearch.config import Settings
     from autoresearch.errors import UsageError
@@ -54,6 +54,10 @@ def make_agent(
 
         name, why = choose_auto()
         notice(why)
+    if name == "playbook":
+        from autoresearch.agents.playbook import PlaybookAgent
+
+        return PlaybookAgent()  # it reads the run's history: a resumed run needs no state
     if name == "mock":
         start = 0
         if isinstance(run, Run) and run.id is not None:
@@ -70,4 +74,4 @@ def make_agent(
                               prompts_dir=prompts_dir, prices=settings.prices,
                               timeout=settings.agent_timeout, max_retries=settings.agent_retries,
                               backoff=settings.agent_backoff)
-    raise UsageError(f"unknown agent {name!r}; one of: auto, mock, anthropic, openai")
+    raise UsageError(f"unknown agent {name!r}; one of: auto, playbook, mock, anthropic, openai")
