@@ -170,7 +170,8 @@ def loop(
     budget: Annotated[int | None, typer.Option(
         "--budget", "-n", help="Experiments to run (failures count; repairs do not).")] = None,
     agent: Annotated[str | None, typer.Option(
-        help="auto, mock, anthropic or openai (auto: by which API key is set).")] = None,
+        help="auto, playbook, mock, anthropic or openai (auto: by which API key is set, "
+             "else the offline playbook).")] = None,
     script: Annotated[Path | None, typer.Option(
         help="Mock agent: JSON list or JSONL of proposals to replay.")] = None,
     model: Annotated[str | None, typer.Option(help="Model name for anthropic/openai.")] = None,

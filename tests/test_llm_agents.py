@@ -342,7 +342,7 @@ def test_choose_auto() -> None:
     assert name == "anthropic" and "ANTHROPIC_API_KEY" in notice
     assert choose_auto({"OPENAI_API_KEY": "k", "ANTHROPIC_API_KEY": " "})[0] == "openai"
     name, notice = choose_auto({})
-    assert name == "mock" and "offline" in notice and "\n" not in notice
+    assert name == "playbook" and "offline" in notice and "\n" not in notice
 
 
 def test_price_lookup() -> None:

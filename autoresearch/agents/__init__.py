@@ -19,7 +19,8 @@ def make_agent(
     start: int = 0,
     model: str | None = None,
 ) -> Agent:
-    """Build the agent a run asks for; ``auto`` picks by which API key is set.
+    """Build the agent a run asks for; ``auto`` picks by which API key is set (else the
+    offline playbook).
 
     ``start`` is where a scripted (mock) agent resumes its script; ``model`` is the model a
     resumed run used, for when the settings name none."""
@@ -30,6 +31,10 @@ def make_agent(
 
         name, why = choose_auto()
         notice(why)
+    if name == "playbook":
+        from autoresearch.agents.playbook import PlaybookAgent
+
+        return PlaybookAgent()  # it reads the run's history: a resumed run needs no state
     if name == "mock":
         return MockAgent(settings.script, start=start)
     if name in ("anthropic", "openai"):
@@ -39,4 +44,4 @@ def make_agent(
                               prompts_dir=prompts_dir, prices=settings.prices,
                               timeout=settings.agent_timeout, max_retries=settings.agent_retries,
                               backoff=settings.agent_backoff)
-    raise UsageError(f"unknown agent {name!r}; one of: auto, mock, anthropic, openai")
+    raise UsageError(f"unknown agent {name!r}; one of: auto, playbook, mock, anthropic, openai")

@@ -282,7 +282,7 @@ def make_llm_agent(
 
 
 def choose_auto(
-    environ: Mapping[str, str] | None = None, *, offline: str = "mock"
+    environ: Mapping[str, str] | None = None, *, offline: str = "playbook"
 ) -> tuple[str, str]:
     """Which agent "auto" means here: (agent name, one-line notice for the user)."""
     env = os.environ if environ is None else environ
