@@ -224,7 +224,7 @@ def loop(
                          "keep_worktrees": keep_worktrees, "sandbox": sandbox}
                 overrides = {"workspace": s.workspace, "db": s.db, "prices": s.prices,
                              **{k: v for k, v in given.items() if v is not None}}
-                s = Settings.model_validate_json(run.config).model_copy(update=overrides)
+                s = Settings.exactly(run.config).model_copy(update=overrides)
                 assert run.id is not None
                 store.update_run(run.id, config=s.model_dump_json(exclude={"prices"}))
                 # a resumed mock agent continues its script where the last session stopped

@@ -156,8 +156,9 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
     script.write_text(json.dumps(proposals(args.proposals, args.experiments)), encoding="utf-8")
     budget: dict[str, Any] = ({"token_budget": args.token_budget} if args.token_budget
                               else {"time_budget": args.time_budget})
-    settings = Settings(workspace=ws_dir, agent="mock", script=script, seeds=args.seeds,
-                        device="cpu", dataset=args.data, repairs=0, **budget)
+    settings = Settings.exactly(dict(workspace=ws_dir, agent="mock", script=script,
+                                     seeds=args.seeds, device="cpu", dataset=args.data,
+                                     repairs=0, **budget))
     store = Store(settings.db_path)
     errors = Console(stderr=True, quiet=args.quiet)
     t0 = time.monotonic()

@@ -66,8 +66,9 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float]:
                            "replace": f"LEARNING_RATE = {i + 2}e-5"}]} for i in range(experiments)]
     script = tmp / f"script{size}.json"
     script.write_text(json.dumps(entries), encoding="utf-8")
-    settings = Settings(workspace=ws_dir, agent="mock", script=script, token_budget=512,
-                        seeds=1, device="cpu", dataset=str(corpus))
+    settings = Settings.exactly(dict(workspace=ws_dir, agent="mock", script=script,
+                                     token_budget=512, seeds=1, device="cpu",
+                                     dataset=str(corpus)))
     store = Store(settings.db_path)
     lp = loop_mod.ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
                                Quiet(None, Console(quiet=True)))
