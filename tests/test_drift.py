@@ -67,8 +67,8 @@ def run_loop(tmp: Path, budget: dict[str, Any]) -> tuple[Store, LoadedBaseline, 
     script = tmp / "script.json"
     script.write_text(json.dumps([NULL, BETTER]), encoding="utf-8")
     corpus = bigram_corpus(tmp / "corpus.txt")
-    settings = Settings(workspace=ws, agent="mock", script=script, seeds=2, device="cpu",
-                        dataset=str(corpus), repairs=0, **budget)
+    settings = Settings.exactly(dict(workspace=ws, agent="mock", script=script, seeds=2,
+                                     device="cpu", dataset=str(corpus), repairs=0, **budget))
     store = Store(settings.db_path)
     with CpuLoad() as load:
         reporter = LoadedBaseline(load)
@@ -179,7 +179,7 @@ def test_a_replay_that_differs_on_a_faster_machine_says_it_is_the_machine(
                               speed=gflops)
     ws = tmp_path / "ws"
     init_workspace(ws)
-    loop = ResearchLoop(Settings(workspace=ws), store, Workspace(ws), MockAgent(None),
+    loop = ResearchLoop(Settings.exactly({"workspace": ws}), store, Workspace(ws), MockAgent(None),
                         PlainReporter(None, Console(quiet=True)))
     loop.run = store.get_run(run.id)
     differs = Reproduction(reproduces=False, reason="differs: Δ -0.5")
