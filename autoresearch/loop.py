@@ -383,6 +383,8 @@ class ResearchLoop:
                                     f"confirming alongside the champion on seeds {self.seeds}")
                 values, control, failed, champion_failed = self._alongside(exp_id, wt, values)
                 if champion_failed is not None:
+                    self.store.transition(exp_id, ES.measured,
+                                          val_bpb=statistics.fmean(values.values()))
                     verdict = Decision(
                         verdict="discard", delta=None, evidence={"stored": stored.evidence},
                         reason=f"discarded: the champion's re-measurement failed on seed "

@@ -141,6 +141,37 @@ def test_a_token_budget_loop_is_unaffected_by_the_same_load(tmp_path: Path, cach
     assert not [n for n in reporter.notices if "drift" in n]
 
 
+@pytest.mark.slow
+def test_a_champion_that_fails_its_re_measurement_leaves_the_candidate_discarded(
+        tmp_path: Path, cache: None) -> None:
+    # the champion's code crashes only when run from the folder it is re-measured in
+    crashy = SOURCE.replace("def train(run):\n", "def train(run):\n"
+                            "    if Path(__file__).parent.name == 'champion':\n"
+                            "        raise RuntimeError('flaky champion')\n", 1)
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    (ws / "baseline" / "train.py").write_text("from pathlib import Path\n" + crashy,
+                                              encoding="utf-8")
+    script = tmp_path / "script.json"
+    # the candidate is a whole clean file: the guard would refuse the trigger in a proposal
+    clean = SOURCE.replace("LEARNING_RATE = 1e-3", "LEARNING_RATE = 3e-2")
+    script.write_text(json.dumps([{"title": "Raise the learning rate", "edits": [
+        {"path": "train.py", "content": clean}]}]), encoding="utf-8")
+    settings = Settings.exactly(dict(workspace=ws, agent="mock", script=script, seeds=2,
+                                     device="cpu", dataset=str(bigram_corpus(tmp_path / "c.txt")),
+                                     repairs=0, time_budget=1.0))
+    store = Store(settings.db_path)
+    loop = ResearchLoop(settings, store, Workspace(ws), MockAgent(script),
+                        PlainReporter(None, Console(quiet=True)))
+    loop.start(1)
+    run = loop.execute()
+    exp = next(e for e in store.experiments(run_id=run.id) if e.kind == "candidate")
+    assert exp.status == ES.discarded
+    assert "the champion's re-measurement failed on seed 0 (crash)" in exp.reason
+    assert "flaky champion" in exp.reason
+    assert run.champion_experiment_id != exp.id
+
+
 def test_speed_tolerance_and_drift() -> None:
     steady = [100.0, 104.0, 97.0]
     assert not speed.drifted(speed.ratio(110.0, steady), steady)
