@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from autoresearch import edits, guard, runner
-from autoresearch.agents import AgentExhausted, Context, HistoryItem, Stats, make_agent
+from autoresearch.agents import AgentExhausted, make_agent
 from autoresearch.agents.llm import KEY_VARS, choose_auto
 from autoresearch.agents.playbook import CATALOGUE, PlaybookAgent, policy, proposal_for
 from autoresearch.agents.playbook.catalogue import BY_ID, PRIMARY, Entry
@@ -23,6 +23,7 @@ from autoresearch.cli import app
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData
 from autoresearch.metrics import Budget, Metrics, RunStatus
+from autoresearch.models import Context, HistoryItem, Stats
 from autoresearch.workspace import bundled
 
 BASELINE = (bundled("baseline") / "train.py").read_text(encoding="utf-8")
