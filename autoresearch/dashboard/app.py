@@ -109,6 +109,12 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     def need_store() -> Store | None:
         return reader.store()
 
+    def store_or_404() -> Store:
+        store = reader.store()
+        if store is None:
+            raise NotFound("no results database yet")
+        return store
+
     def get_run(store: Store, run_id: int) -> Run:
         r = store.get_run(run_id)
         if r is None:
@@ -144,9 +150,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     @app.get("/runs/{ref}")
     def run_page(ref: str) -> Response:
         run_id, as_json = _parse_id(ref)
-        store = need_store()
-        if store is None:
-            raise NotFound("no results database yet")
+        store = store_or_404()
         return answer(as_json, "run.html", run_data(store, get_run(store, run_id)))
 
     def run_data(store: Store, r: Run) -> dict[str, Any]:
@@ -176,9 +180,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     @app.get("/runs/{ref}/progress.svg")
     def run_chart(ref: str) -> Response:
         run_id, _ = _parse_id(ref, json_ok=False)
-        store = need_store()
-        if store is None:
-            raise NotFound("no results database yet")
+        store = store_or_404()
         from autoresearch import plot
 
         fig = plot.progress_figure(store, get_run(store, run_id))
@@ -188,9 +190,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     @app.get("/experiments/{ref}")
     def experiment_page(ref: str) -> Response:
         exp_id, as_json = _parse_id(ref)
-        store = need_store()
-        if store is None:
-            raise NotFound("no results database yet")
+        store = store_or_404()
         e = get_exp(store, exp_id)
         data = experiment_data(store, e)
         return answer(as_json, "experiment.html", data,
@@ -220,9 +220,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     @app.get("/experiments/{ref}/curves.svg")
     def experiment_chart(ref: str) -> Response:
         exp_id, _ = _parse_id(ref, json_ok=False)
-        store = need_store()
-        if store is None:
-            raise NotFound("no results database yet")
+        store = store_or_404()
         e = get_exp(store, exp_id)
         from autoresearch import plot
 

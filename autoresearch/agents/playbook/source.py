@@ -187,18 +187,20 @@ def segment(src: str, scope: str) -> tuple[int, int] | None:
     return a, b
 
 
+def _scope_span(src: str | None, scope: str | None) -> tuple[int, int] | None:
+    """Where ``scope`` (a class/function name, or None for the whole file) lies in ``src``."""
+    if src is None:
+        return None
+    return (0, len(src)) if scope is None else segment(src, scope)
+
+
 def replace_in(src: str | None, scope: str | None, old: str, new: str,
                count: int = 1) -> str | None:
     """Replace ``old`` (which must occur exactly ``count`` times in the scope) by ``new``."""
-    if src is None:
+    span = _scope_span(src, scope)
+    if src is None or span is None:
         return None
-    if scope is None:
-        a, b = 0, len(src)
-    else:
-        span = segment(src, scope)
-        if span is None:
-            return None
-        a, b = span
+    a, b = span
     part = src[a:b]
     if part.count(old) != count:
         return None
@@ -208,15 +210,10 @@ def replace_in(src: str | None, scope: str | None, old: str, new: str,
 def sub_in(src: str | None, scope: str | None, pattern: str, repl: str,
            count: int = 1) -> str | None:
     """Regex replacement inside a scope; the pattern must match exactly ``count`` times."""
-    if src is None:
+    span = _scope_span(src, scope)
+    if src is None or span is None:
         return None
-    if scope is None:
-        a, b = 0, len(src)
-    else:
-        span = segment(src, scope)
-        if span is None:
-            return None
-        a, b = span
+    a, b = span
     part = src[a:b]
     new, n = re.subn(pattern, repl, part, flags=re.MULTILINE)
     if n != count:
