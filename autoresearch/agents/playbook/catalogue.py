@@ -13,6 +13,9 @@ embedding LR +2.7% (so these go late); the others follow the public record.
 Follow-ups: ``after_win`` names the entry whose win makes this one the natural next step (a
 knob moved again the same way); ``after_loss`` the entry whose loss makes this one worth one
 try (the knob moved the other way). Neither kind is proposed before its parent has a result.
+
+Over 400 lines on purpose: it is data, one short function per idea (49 entries with their
+follow-ups), read top to bottom like the record it is drawn from.
 """
 
 from __future__ import annotations
