@@ -11,6 +11,7 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from autoresearch import curves
 from autoresearch.errors import UsageError
@@ -36,6 +37,11 @@ def progress_axes(ax: Axes, run: Run, exps: Sequence[Experiment]) -> None:
     base = next((e for e in exps if e.kind == "baseline"), None)
     cands = [e for e in exps if e.kind == "candidate"]
     valued = [e.val_bpb for e in exps if e.val_bpb is not None and e.kind != "replay"]
+    # what each decided candidate was compared with: the champion on the same seeds (under a
+    # time budget, re-measured alongside it), which can sit far from the running best
+    paired = [e for e in cands if e.status in (ES.kept, ES.discarded)
+              and e.val_bpb is not None and e.champion_bpb is not None]
+    valued += [e.champion_bpb for e in paired if e.champion_bpb is not None]
     if base is not None and base.val_bpb is not None:
         noise = run.noise_std or 0.0
         ax.axhspan(base.val_bpb - noise, base.val_bpb + noise, color=BEST_COLOR, alpha=0.10,
@@ -84,6 +90,13 @@ def progress_axes(ax: Axes, run: Run, exps: Sequence[Experiment]) -> None:
     for key, (gx, gy) in groups.items():
         if gx:
             ax.scatter(gx, gy, label=f"{key} ({len(gx)})", **style[key])  # type: ignore[arg-type]
+    if paired:
+        px = [xs[e.id] for e in paired]
+        mine = [float(e.val_bpb or 0.0) for e in paired]
+        theirs = [float(e.champion_bpb or 0.0) for e in paired]
+        ax.vlines(px, mine, theirs, colors=GREY, lw=0.8, alpha=0.6, zorder=2)
+        ax.scatter(px, theirs, s=90, marker="_", linewidths=1.6, color="#3c4043", zorder=3,
+                   label="champion on the same seeds")
     for n, e in enumerate(e for e in cands if e.status == ES.kept and e.val_bpb is not None):
         ax.annotate(f"#{e.id} {_label(e.title)}", (xs[e.id], e.val_bpb),
                     xytext=(8, 10 if n % 2 == 0 else -14), textcoords="offset points",
@@ -91,11 +104,12 @@ def progress_axes(ax: Axes, run: Run, exps: Sequence[Experiment]) -> None:
     if valued:
         ax.set_ylim(lo - pad, top + pad * 0.6)
     ax.set_xlim(-0.5, max(len(cands), 1) + 0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("experiment (in order; 0 = baseline)")
     ax.set_ylabel("val_bpb (lower is better)")
     ax.grid(True, alpha=0.25)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)
 
 
 def curves_axes(ax: Axes, lines: Sequence[tuple[str, list[tuple[float, float]], dict[str, object]]],

@@ -37,8 +37,10 @@ def ws(tmp_path: Path) -> Path:
             ("candidate", "Crash on purpose", ES.crashed, None, "c3"),
             ("candidate", "Deeper model", ES.kept, 2.60, "c2")]
     for kind, title, status, bpb, commit in rows:
+        # the discard was compared with the champion re-measured next to it (2.70)
+        champ = 2.70 if status == ES.discarded else None
         e = store.add_experiment(run_id=run.id, kind=kind, title=title, status=status,
-                                 val_bpb=bpb, commit=commit, reason="r")
+                                 val_bpb=bpb, commit=commit, reason="r", champion_bpb=champ)
         assert e.id is not None
         folder = tmp_path / "experiments" / str(e.id) / "seed-0"
         folder.mkdir(parents=True)
@@ -60,6 +62,10 @@ def test_the_progress_figure_labels_every_kept_experiment(ws: Path) -> None:
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend[0] == "baseline 3.0000 ± 0.0200"
     assert {"running best", "discarded (1)", "kept (2)", "failed (1)"} <= set(legend)
+    assert "champion on the same seeds" in legend
+    champion_marks = next(c for c in ax.collections
+                          if c.get_label() == "champion on the same seeds")
+    assert champion_marks.get_offsets().tolist() == [[2.0, 2.70]]
     assert "2 kept" in ax.get_title(loc="left")
 
 
