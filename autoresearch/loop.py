@@ -89,6 +89,7 @@ class ResearchLoop:
         self.run: Run | None = None
         self.data: PreparedData | None = None
         self.redo: list[tuple[int, Proposal]] = []  # interrupted proposals to measure again
+        self.slot: runner.Slot | None = None  # warm processes for the next measurement
 
     # -- run lifecycle ----------------------------------------------------------------------
     def start(self, experiments: int) -> Run:
@@ -121,6 +122,7 @@ class ResearchLoop:
     def resume(self, run: Run, experiments: int | None) -> Run:
         """Close what a killed loop left in flight, then go on with the same run."""
         assert run.id is not None
+        runner.kill_stale(self.ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
         for exp in self.store.experiments(run_id=run.id):
             if not is_done(exp):
                 assert exp.id is not None
@@ -164,7 +166,15 @@ class ResearchLoop:
         return self.run.seed_list
 
     def execute(self) -> Run:
-        """Run experiments until the run's budget is spent; returns the finished run."""
+        """Run experiments until the run's budget is spent; returns the finished run. Its
+        measurements start their processes ahead (runner.Slot); none outlives this call."""
+        with runner.Slot(self.ws.experiments_dir) as self.slot:
+            try:
+                return self._execute()
+            finally:
+                self.slot = None
+
+    def _execute(self) -> Run:
         assert self.run is not None and self.run.id is not None
         run_id = self.run.id
         try:
@@ -470,7 +480,7 @@ class ResearchLoop:
                                out_dir=self.ws.exp_dir(exp_id) / f"seed-{seed}",
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                                gpu=self.settings.gpu, sandbox=self.settings.sandbox,
-                               expect_sha256=self.run.dataset_sha256)
+                               expect_sha256=self.run.dataset_sha256, slot=self.slot)
             self.store.add_measurement(exp_id, m)
             if not m.ok:
                 return values, m
