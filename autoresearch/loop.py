@@ -35,7 +35,6 @@ from autoresearch.models import (
     CallRecord,
     Context,
     ExperimentStatus,
-    HistoryItem,
     Proposal,
     RunState,
     RunStatus,
@@ -45,6 +44,9 @@ from autoresearch.store import Experiment, Run, Store, is_done
 from autoresearch.workspace import Workspace
 
 ES = ExperimentStatus
+# non-kept attempts read for the agent's history (kept ones are always read): more than a
+# history section's token budget can show, so the rendered text is the same as from all of them
+HISTORY_RECENT = 400
 
 # how a failed training job is recorded
 _JOB_STATUS = {
@@ -91,6 +93,7 @@ class ResearchLoop:
         self.data: PreparedData | None = None
         self.redo: list[tuple[int, Proposal]] = []  # interrupted proposals to measure again
         self.drifting = False  # the last measurement's machine speed was not the champion's
+        self.slot: runner.Slot | None = None  # warm processes for the next measurement
 
     # -- run lifecycle ----------------------------------------------------------------------
     def start(self, experiments: int) -> Run:
@@ -123,6 +126,7 @@ class ResearchLoop:
     def resume(self, run: Run, experiments: int | None) -> Run:
         """Close what a killed loop left in flight, then go on with the same run."""
         assert run.id is not None
+        runner.kill_stale(self.ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
         for exp in self.store.experiments(run_id=run.id):
             if not is_done(exp):
                 assert exp.id is not None
@@ -166,7 +170,15 @@ class ResearchLoop:
         return self.run.seed_list
 
     def execute(self) -> Run:
-        """Run experiments until the run's budget is spent; returns the finished run."""
+        """Run experiments until the run's budget is spent; returns the finished run. Its
+        measurements start their processes ahead (runner.Slot); none outlives this call."""
+        with runner.Slot(self.ws.experiments_dir) as self.slot:
+            try:
+                return self._execute()
+            finally:
+                self.slot = None
+
+    def _execute(self) -> Run:
         assert self.run is not None and self.run.id is not None
         run_id = self.run.id
         try:
@@ -518,7 +530,7 @@ class ResearchLoop:
                                out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",
                                setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                                gpu=self.settings.gpu, sandbox=self.settings.sandbox,
-                               expect_sha256=self.run.dataset_sha256)
+                               expect_sha256=self.run.dataset_sha256, slot=self.slot)
             self.store.add_measurement(exp_id, m, role=role, **self._speed(exp_id, seed, m))
             if not m.ok:
                 return values, m
@@ -636,30 +648,33 @@ class ResearchLoop:
 
     # -- what the agent sees ------------------------------------------------------------------
     def build_context(self, files: dict[str, str]) -> Context:
+        """The agent's context, from a few bounded reads: its cost stays flat as the history
+        grows (the rendered history is bounded in tokens anyway)."""
         assert self.run is not None and self.run.id is not None
-        run = self.run
-        exps = self.store.experiments(run_id=run.id)
-        baseline = next((e for e in exps if e.kind == "baseline" and e.val_bpb is not None), None)
-        champ = next((e for e in exps if e.id == run.champion_experiment_id), None)
+        run, run_id = self.run, self.run.id
+        baseline = next((e for e in self.store.experiments(run_id=run_id, kind="baseline")
+                         if e.val_bpb is not None), None)
+        champ = (None if run.champion_experiment_id is None
+                 else self.store.get_experiment(run.champion_experiment_id))
         noise = run.noise_std or 0.0
-        history = [
-            HistoryItem(id=e.id or 0, title=e.title, status=e.status.value, delta=e.delta,
-                        reason=e.reason)
-            for e in exps if e.kind == "candidate"
-        ]
-        last_crash = next((e for e in reversed(exps) if e.status in (ES.crashed, ES.timeout,
-                                                                      ES.invalid)), None)
+        history, omitted = self.store.history(run_id, recent=HISTORY_RECENT)
+        last_crash = next(iter(self.store.experiments(
+            run_id=run_id, status=[ES.crashed, ES.timeout, ES.invalid], limit=1,
+            newest_first=True)), None)
         crash_log = None
         if last_crash is not None and last_crash.id is not None:
             crash_log = log_tail(self.ws.exp_dir(last_crash.id), 3000)
+        last = self.store.experiments(run_id=run_id, kind="candidate", has_commit=True, limit=1,
+                                      newest_first=True)
         return Context(
             files=files, budget=self.budget.describe(), device=run.device,
             baseline=Stats(mean=baseline.val_bpb, std=noise, n=len(self.seeds))
             if baseline and baseline.val_bpb is not None else None,
             champion=Stats(mean=champ.val_bpb, std=noise, n=len(self.seeds))
             if champ and champ.val_bpb is not None else None,
-            history=history, last_crash_log=crash_log,
-            curves=curves_mod.context_curves(exps, run.champion_experiment_id, self.ws.exp_dir,
+            history=history, omitted=omitted, last_crash_log=crash_log,
+            curves=curves_mod.context_curves([e for e in (champ, *last) if e is not None],
+                                             run.champion_experiment_id, self.ws.exp_dir,
                                              self.seeds),
         )
 

@@ -55,6 +55,11 @@ class Metrics(BaseModel):
     setup_seconds: float = 0.0  # from train() starting to its first batch
     export_seconds: float = 0.0  # torch.export of the trained model, in the training process
     eval_seconds: float = 0.0  # the trusted evaluation process, start to end
+    # where the wall time went besides (setup, train, export, eval)_seconds: the breakdown
+    start_seconds: float = 0.0  # training process start and imports (overlapped when warm)
+    eval_start_seconds: float = 0.0  # evaluation process start and imports (same)
+    exposed_seconds: float = 0.0  # wall time the slot waited for this measurement - training
+    warm: bool = False  # its processes were started before the job (runner.Slot)
     seq_len: int = 0  # evaluation context length
     sandbox: str = ""  # the training process's OS sandbox: "landlock vN", "none (why)" or "off"
     # GFLOP/s of autoresearch.speed's reference workload in the training process, just before
@@ -98,6 +103,7 @@ class TrainReport(BaseModel):
     peak_memory_mb: float = 0.0
     speed_before: float | None = None
     speed_after: float | None = None
+    ready_at: float = 0.0  # time.monotonic() when imports were done (start-up, display only)
 
 
 class EvalReport(BaseModel):
@@ -113,3 +119,4 @@ class EvalReport(BaseModel):
     causal_ok: bool | None = None
     eval_seconds: float = 0.0
     torch_version: str = ""
+    ready_at: float = 0.0  # time.monotonic() when imports were done

@@ -62,7 +62,7 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
              "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
              "total_seconds": m.total_seconds, "params": m.params, "error": m.error,
              "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
-             "drift": m.drift}
+             "drift": m.drift, "breakdown": breakdown(m.metrics)}
             for m in store.measurements(e.id)
         ]
         d["agent_calls"] = [
@@ -73,6 +73,21 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         ]
         d["diff"] = e.diff
     return d
+
+
+BREAKDOWN = ("start_seconds", "setup_seconds", "train_seconds", "export_seconds",
+             "eval_start_seconds", "eval_seconds", "exposed_seconds", "warm")
+
+
+def breakdown(metrics_json: str) -> dict[str, Any]:
+    """Where a measurement's wall time went (runner.measure), from its stored Metrics: process
+    start and imports, setup before the first batch, training, export, evaluation start-up,
+    evaluation, and the wall time minus training that the slot waited (exposed)."""
+    try:
+        stored = json.loads(metrics_json or "{}")
+    except ValueError:
+        stored = {}
+    return {k: stored.get(k) for k in BREAKDOWN}
 
 
 def history_table(store: Store, rows: list[Experiment]) -> Table:

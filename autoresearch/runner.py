@@ -8,6 +8,10 @@ source, and where to put its model artifact and its report. The evaluation proce
 the artifact and the real dataset and reports to a second folder the training process never
 heard of. This function then writes ``out_dir/metrics.json`` from the two reports; nothing
 the training process prints or writes can become the metric.
+
+A ``Slot`` takes the processes' start-up off the device's time: it starts the next job's pair
+(training and evaluation, torch imported, waiting for their job on a pipe) while the current
+job trains. Each process still serves one measurement and exits; see docs/integrity.md.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
 
@@ -47,13 +52,14 @@ EXPORT_ALLOWANCE = 60.0  # seconds for torch.export after train() returns
 EVAL_TIMEOUT = 180.0  # seconds for the evaluation process
 GRACE = 10.0  # process start, imports, writing reports
 PID_FILE = "job.pid"  # the running job's process group, while it runs
+WARM_DIR = "warm"  # under a slot's folder: one folder (with a pid file) per waiting process
 LOG_HEAD = LOG_TAIL = 64 * 1024  # bytes of run.log kept from the start and from the end
 _M = TypeVar("_M", bound=BaseModel)
 # The evaluation process runs trusted code only, never anything from its working directory: it
 # starts with -S -E (no site-packages .pth files or sitecustomize run, no PYTHON* variables
 # read) and gets the import path this process had, as an argument.
 _EVAL_BOOT = ("import sys, json; sys.path[:] = json.loads(sys.argv.pop(1)); "
-              "from autoresearch.harness import main; sys.exit(main())")
+              "from autoresearch.harness.command import exit_now, main; exit_now(main())")
 
 
 def resolve_device(device: str) -> str:
@@ -86,6 +92,7 @@ def measure(
     echo: bool = False,
     sandbox: bool = True,
     expect_sha256: str | None = None,
+    slot: Slot | None = None,
 ) -> Metrics:
     """Train ``source`` under ``budget`` and evaluate it; write out_dir/{run.log,metrics.json}.
 
@@ -93,7 +100,9 @@ def measure(
     ``timeout`` overrides the training process's hard deadline; ``echo`` also copies the
     processes' output to this process's stdout; ``sandbox`` fences the training process in
     with Landlock where the OS has it (autoresearch/sandbox.py); ``expect_sha256`` refuses,
-    before training, a dataset other than the one a run was measured on.
+    before training, a dataset other than the one a run was measured on. With a ``slot``, the
+    job runs in processes the slot started earlier where it can, and the slot starts the
+    next job's while this one trains.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -113,78 +122,118 @@ def measure(
         return _finish(metrics, out_dir, started)
     env = integrity.child_env(gpu)
     sys.dont_write_bytecode = True  # our own late imports must not change the watched files
-    installed = integrity.installed_signature()
+    metrics.sandbox = sandbox_state(sandbox)
+    # warm processes only behind the OS fence: it keeps this job's code away from the next
+    # job's waiting processes (no ptrace, signals or files outside its own scratch)
+    key = _warm_key(env, device) if slot is not None and metrics.sandbox.startswith(
+        "landlock") else None
+    pair = slot.take(key) if slot is not None and key is not None else None
+    installed = pair.installed if pair is not None else integrity.installed_signature()
+    if slot is not None and key is not None and pair is None:
+        pair = slot.spawn(key, env, installed)  # cold, but through the same path
     log = BoundedLog(out_dir / "run.log", echo=echo)
-    with log, tempfile.TemporaryDirectory(prefix="autoresearch-train-") as scratch_name:
-        scratch = Path(scratch_name)
-        train_data = scratch / "data"
-        train_data.mkdir()
-        # a copy, not a link: the training code can neither learn where the dataset lives
-        # nor write into it
-        shutil.copyfile(data / "train.bin", train_data / "train.bin")
-        shutil.copyfile(data / "meta.json", train_data / "meta.json")
-        train_env = integrity.training_env(env, scratch)
-        metrics.sandbox = sandbox_state(sandbox)
-        if metrics.sandbox.startswith("landlock"):
-            metrics.sandbox += integrity.dataset_exposed(data, source, scratch)
-        caches = [train_env["TRITON_CACHE_DIR"], train_env["TORCHINDUCTOR_CACHE_DIR"]]
-        for cache in caches:
-            with contextlib.suppress(OSError):
-                Path(cache).mkdir(parents=True, exist_ok=True)
-        deadline = timeout if timeout is not None else _train_deadline(budget, setup_cap)
-        code, timed_out = run_process(
-            [sys.executable, "-m", "autoresearch.harness", "--phase", "train",
-             "--source", str(Path(source).resolve()), "--data", str(train_data),
-             *budget.cli_args(), "--seed", str(seed), "--device", device,
-             "--seq-len", str(seq_len), "--setup-cap", f"{setup_cap:g}",
-             "--artifact", str(scratch / "model.pt"), "--report", str(scratch / "report.json"),
-             "--sandbox", "on" if sandbox else "off",
-             *(a for cache in caches for a in ("--writable", cache))],
-            cwd=scratch, env=train_env, timeout=deadline, log=log)
-        train = _read(scratch / "report.json", TrainReport)
-        curves.collect(scratch / curves.CURVE_FILE, out_dir / curves.CURVE_FILE)  # display only
-        if train is not None:  # its bookkeeping only; status and error are judged below
-            metrics = metrics.model_copy(update=train.model_dump(exclude={"status", "error"}))
-        if changed := integrity.changed_path(installed, integrity.installed_signature()):
-            metrics.error = ("the training process changed installed code the evaluation runs: "
-                             f"{changed}")
-        elif timed_out:
-            metrics.status = RunStatus.timeout
-            metrics.error = (f"killed at the hard deadline: the training process ran past "
-                             f"{deadline:g} s ({budget.describe()} budget, {setup_cap:g} s "
-                             f"setup cap)\n{log.recent()}")
-        elif train is None or (train.status == RunStatus.ok and code != 0):
-            metrics.error = (f"the training process exited with code {code} and no valid "
-                             f"report\n{log.recent()}")
-        elif train.status != RunStatus.ok:
-            metrics.status, metrics.error = train.status, train.error
-        else:
-            metrics = _evaluate(metrics, scratch / "model.pt", data, prepared.sha256, env, log)
-        metrics = _finish(metrics, out_dir, started)
-        log.write(f"\n== {metrics.status.value}: val_bpb {metrics.val_bpb}, "
-                  f"{metrics.total_seconds:.1f} s ==\n".encode())
+    scratch = pair.scratch if pair is not None else Path(
+        tempfile.mkdtemp(prefix="autoresearch-train-"))
+    try:
+        with log:
+            metrics = _train_and_evaluate(
+                metrics, log, scratch, pair, slot, key, installed, env, source=source,
+                data=data, sha256=prepared.sha256, budget=budget, seed=seed, device=device,
+                setup_cap=setup_cap, timeout=timeout, seq_len=seq_len, sandbox=sandbox,
+                out_dir=out_dir)
+            metrics = _finish(metrics, out_dir, started)
+            log.write(f"\n== {metrics.status.value}: val_bpb {metrics.val_bpb}, "
+                      f"{metrics.total_seconds:.1f} s ==\n".encode())
+    finally:
+        if pair is not None:
+            pair.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return metrics
+
+
+def _train_and_evaluate(metrics: Metrics, log: BoundedLog, scratch: Path, pair: _Pair | None,
+                        slot: Slot | None, key: tuple[object, ...] | None,
+                        installed: integrity.Signature, env: dict[str, str], *, source: Path,
+                        data: Path, sha256: str, budget: Budget, seed: int, device: str,
+                        setup_cap: float, timeout: float | None, seq_len: int, sandbox: bool,
+                        out_dir: Path) -> Metrics:
+    train_data = scratch / "data"
+    train_data.mkdir()
+    # a copy, not a link: the training code can neither learn where the dataset lives nor
+    # write into it
+    shutil.copyfile(data / "train.bin", train_data / "train.bin")
+    shutil.copyfile(data / "meta.json", train_data / "meta.json")
+    train_env = integrity.training_env(env, scratch)
+    if metrics.sandbox.startswith("landlock"):
+        metrics.sandbox += integrity.dataset_exposed(data, source, scratch)
+    caches = [train_env["TRITON_CACHE_DIR"], train_env["TORCHINDUCTOR_CACHE_DIR"]]
+    for cache in caches:
+        with contextlib.suppress(OSError):
+            Path(cache).mkdir(parents=True, exist_ok=True)
+    deadline = timeout if timeout is not None else _train_deadline(budget, setup_cap)
+    job = ["--phase", "train", "--source", str(Path(source).resolve()), "--data",
+           str(train_data), *budget.cli_args(), "--seed", str(seed), "--device", device,
+           "--seq-len", str(seq_len), "--setup-cap", f"{setup_cap:g}",
+           "--artifact", str(scratch / "model.pt"), "--report", str(scratch / "report.json"),
+           "--sandbox", "on" if sandbox else "off",
+           *(a for cache in caches for a in ("--writable", cache))]
+    if pair is not None:
+        metrics.warm = True
+        proc = pair.train
+        started = proc.started
+        proc.hand(job, log, out_dir / PID_FILE)
+        if slot is not None and key is not None:
+            slot.start_pair(key, env, installed)  # the next job's, while this one trains
+        code, timed_out = proc.wait(deadline)
+    else:
+        started = time.monotonic()
+        code, timed_out = run_process([sys.executable, "-m", "autoresearch.harness", *job],
+                                      cwd=scratch, env=train_env, timeout=deadline, log=log)
+    train = _read(scratch / "report.json", TrainReport)
+    curves.collect(scratch / curves.CURVE_FILE, out_dir / curves.CURVE_FILE)  # display only
+    if train is not None:  # its bookkeeping only; status and error are judged below
+        metrics = metrics.model_copy(update=train.model_dump(
+            exclude={"status", "error", "ready_at"}))
+        metrics.start_seconds = max(0.0, train.ready_at - started) if train.ready_at else 0.0
+    if changed := integrity.changed_path(installed, integrity.installed_signature()):
+        if slot is not None:
+            slot.discard()  # the next pair may have imported what changed
+        metrics.error = ("the training process changed installed code the evaluation runs: "
+                         f"{changed}")
+    elif timed_out:
+        metrics.status = RunStatus.timeout
+        metrics.error = (f"killed at the hard deadline: the training process ran past "
+                         f"{deadline:g} s ({budget.describe()} budget, {setup_cap:g} s "
+                         f"setup cap)\n{log.recent()}")
+    elif train is None or (train.status == RunStatus.ok and code != 0):
+        metrics.error = (f"the training process exited with code {code} and no valid "
+                         f"report\n{log.recent()}")
+    elif train.status != RunStatus.ok:
+        metrics.status, metrics.error = train.status, train.error
+    else:
+        metrics = _evaluate(metrics, scratch / "model.pt", data, sha256, env, log,
+                            pair.eval if pair is not None else None)
     return metrics
 
 
 def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
-              env: dict[str, str], log: BoundedLog) -> Metrics:
+              env: dict[str, str], log: BoundedLog, warm: _Eval | None = None) -> Metrics:
     """Score the artifact in a fresh process of trusted code. It starts in a new empty folder
     (never on sys.path) and answers through a pipe only this process holds, so nothing the
-    training process left behind can stand in for its report."""
-    read_end, write_end = os.pipe()
-    with tempfile.TemporaryDirectory(prefix="autoresearch-eval-") as cwd:
-        try:
-            code, timed_out = run_process(
-                [sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
-                 json.dumps(integrity.eval_path()), "--phase", "eval", "--data",
-                 str(Path(data).resolve()), "--expect-sha256", sha256, "--device",
-                 metrics.device, "--seq-len", str(metrics.seq_len), "--artifact",
-                 str(artifact), "--out", f"fd:{write_end}"],
-                cwd=Path(cwd), env=env, timeout=EVAL_TIMEOUT, log=log, pass_fds=(write_end,))
-        finally:
-            os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            answer = pipe.read()
+    training process left behind can stand in for its report. ``warm``: that process, started
+    earlier, waiting for these arguments."""
+    own = warm is None
+    ev = warm if warm is not None else _start_eval(env)
+    job = ["--phase", "eval", "--data", str(Path(data).resolve()), "--expect-sha256", sha256,
+           "--device", metrics.device, "--seq-len", str(metrics.seq_len), "--artifact",
+           str(artifact), "--out", f"fd:{ev.fd}"]
+    try:
+        ev.proc.hand(job, log, log.path.parent / PID_FILE)
+        code, timed_out = ev.proc.wait(EVAL_TIMEOUT)
+        answer = ev.answer()
+    finally:
+        if own:
+            ev.close()
     try:
         result = EvalReport.model_validate_json(answer)
     except ValidationError:
@@ -199,34 +248,235 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
         metrics = metrics.model_copy(update=result.model_dump(
             include={"status", "error", "val_loss", "val_bpb", "eval_tokens", "seq_len",
                      "params", "causal_ok", "eval_seconds", "torch_version"}))
+        if result.ready_at:
+            metrics.eval_start_seconds = max(0.0, result.ready_at - ev.proc.started)
     return metrics
 
 
 def run_process(cmd: list[str], *, cwd: Path, env: dict[str, str], timeout: float,
                 log: BoundedLog, pass_fds: tuple[int, ...] = ()) -> tuple[int, bool]:
     """Run cmd in a new session, output into log; (exit code, killed at the deadline)."""
-    shown = " ".join(a for a in cmd[1:] if a != _EVAL_BOOT)
-    log.write(f"\n== python {shown} ==\n".encode())
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, pass_fds=pass_fds)
-    assert proc.stdout is not None
-    # if this process is killed outright (SIGKILL), a resumed loop finds and ends the group
-    pid_file = log.path.parent / PID_FILE
-    timed_out = False
-    try:  # from here on, Ctrl-C or any error still ends the group and removes the pid file
-        pid_file.write_text(str(proc.pid), encoding="utf-8")
-        reader = threading.Thread(target=_pump, args=(proc.stdout, log), daemon=True)
-        reader.start()
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+    proc = _Proc(cmd, cwd=cwd, env=env, pass_fds=pass_fds, pid_file=log.path.parent / PID_FILE,
+                 log=log)
+    return proc.wait(timeout)
+
+
+class _Proc:
+    """One harness process in its own session. Its output goes to a log (buffered until it
+    has one); its pid file names its group for ``kill_stale`` from the moment it starts;
+    ``wait`` or ``kill`` ends the whole group. A warm one (``job_pipe``) reads its job from a
+    pipe this process holds (``hand``)."""
+
+    def __init__(self, cmd: list[str], *, cwd: Path, env: dict[str, str], pid_file: Path,
+                 log: BoundedLog | None = None, pass_fds: tuple[int, ...] = (),
+                 job_pipe: bool = False) -> None:
+        self.cmd, self.pid_file = cmd, pid_file
+        self._log: BoundedLog | None = None
+        self._early = bytearray()  # output before a log is attached
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        if log is not None:
+            self._attach(log)
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env,
+                                     stdin=subprocess.PIPE if job_pipe else subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, pass_fds=pass_fds)
+        try:  # if this process is killed outright, a resumed loop finds and ends the group
+            pid_file.parent.mkdir(parents=True, exist_ok=True)
+            pid_file.write_text(str(self.proc.pid), encoding="utf-8")
+        except BaseException:
+            self.kill()
+            raise
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+
+    def _attach(self, log: BoundedLog) -> None:
+        shown = " ".join(a for a in self.cmd[1:] if a != _EVAL_BOOT)
+        with self._lock:
+            log.write(f"\n== python {shown} ==\n".encode())
+            if self._early:
+                log.write(bytes(self._early))
+                self._early.clear()
+            self._log = log
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read1(65536):  # type: ignore[attr-defined]
+            with self._lock:
+                if self._log is not None:
+                    self._log.write(chunk)
+                else:
+                    self._early = (self._early + chunk)[-65536:]
+
+    def hand(self, job: list[str], log: BoundedLog, pid_file: Path) -> None:
+        """Give a waiting process its job (its arguments) and this job's log and pid file.
+        A warm process that died meanwhile is simply found dead by ``wait``."""
+        self._attach(log)
+        log.write(f"[runner] job: {' '.join(job)}\n".encode())
+        pid_file.write_text(str(self.proc.pid), encoding="utf-8")
+        self.pid_file.unlink(missing_ok=True)
+        self.pid_file = pid_file
+        if self.proc.stdin is None:
+            return
+        with contextlib.suppress(OSError):  # BrokenPipe: it is gone, wait() says so
+            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+            self.proc.stdin.close()
+
+    def wait(self, timeout: float) -> tuple[int, bool]:
+        """(exit code, killed at the deadline); the group is ended either way."""
+        timed_out = False
+        try:  # Ctrl-C or any error still ends the group and removes the pid file
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            self.kill()
+        self._reader.join(timeout=5.0)  # a child that left the group may hold the pipe
+        return self.proc.returncode, timed_out
+
+    def kill(self) -> None:
+        _kill_group(self.proc.pid)  # also when it exited: no child of the training code survives
+        self.proc.wait()
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        self.pid_file.unlink(missing_ok=True)
+
+
+@dataclass
+class _Eval:
+    """An evaluation process and the read end of the pipe it answers through."""
+
+    proc: _Proc
+    fd: int  # the write end's number, the same in the child
+    read_end: int
+    cwd: Path
+
+    def answer(self) -> bytes:
+        with os.fdopen(self.read_end, "rb") as pipe:
+            self.read_end = -1
+            return pipe.read()
+
+    def close(self) -> None:
+        self.proc.kill()
+        if self.read_end >= 0:
+            os.close(self.read_end)
+            self.read_end = -1
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+def _start_eval(env: dict[str, str], warm: Path | None = None, wait: float = 60.0) -> _Eval:
+    """An evaluation process of trusted code only, waiting for its arguments: in a new empty
+    folder, started with -S -E -B and this process's import path. ``warm``: the folder for its
+    pid file while it waits (else it is handed its job at once); ``wait``: how long it waits."""
+    cwd = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
+    read_end, write_end = os.pipe()
+    try:
+        proc = _Proc([sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
+                      json.dumps(integrity.eval_path()), "--phase", "eval", "--wait-for-job",
+                      str(os.getpid()), "--wait-seconds", f"{wait:g}"],
+                     cwd=cwd, env=env, pass_fds=(write_end,), job_pipe=True,
+                     pid_file=(warm or cwd) / PID_FILE)
+    except BaseException:
+        os.close(read_end)
+        shutil.rmtree(cwd, ignore_errors=True)
+        raise
     finally:
-        _kill_group(proc.pid)  # also when it exited: no child of the training code survives
-        proc.wait()
-        pid_file.unlink(missing_ok=True)
-    reader.join(timeout=5.0)  # a child that left the group may hold the pipe: don't wait
-    return proc.returncode, timed_out
+        os.close(write_end)  # only the child holds it: its exit ends our read
+    return _Eval(proc, write_end, read_end, cwd)
+
+
+@dataclass
+class _Pair:
+    """The processes of one future job: training (in its scratch folder, with that folder's
+    environment) and evaluation, both started and waiting."""
+
+    key: tuple[object, ...]
+    scratch: Path
+    train: _Proc
+    eval: _Eval
+    installed: integrity.Signature  # taken before either started
+
+    def close(self) -> None:
+        self.train.kill()
+        self.eval.close()
+
+
+@dataclass
+class Slot:
+    """One worker slot's warm processes: after handing a job to the pair started for it, the
+    slot starts the next job's pair, so that Python and torch start-up (and the imports the
+    first optimizer step and the export would do) overlap the current job's training.
+
+    A spare pair is ended by ``close`` (use the slot as a context manager), by its own wait
+    deadline, or with this process (its stdin closes; on Linux it also dies with it). Its pid
+    files lie under ``folder``/warm, for ``kill_stale`` after a SIGKILL."""
+
+    folder: Path
+    wait: float = 1800.0  # seconds a spare pair waits for its job before it exits
+    _next: _Pair | None = field(default=None, init=False)
+    _count: int = field(default=0, init=False)
+
+    def take(self, key: tuple[object, ...]) -> _Pair | None:
+        """The waiting pair, if it was started for jobs like this one and is still alive."""
+        pair, self._next = self._next, None
+        if pair is not None and (pair.key != key or pair.train.proc.poll() is not None
+                                 or pair.eval.proc.proc.poll() is not None):
+            pair.close()
+            shutil.rmtree(pair.scratch, ignore_errors=True)
+            return None
+        return pair
+
+    def start_pair(self, key: tuple[object, ...], env: dict[str, str],
+                   installed: integrity.Signature) -> None:
+        """Start the next job's pair (ending a spare one first)."""
+        self.discard()
+        self._next = self.spawn(key, env, installed)
+
+    def spawn(self, key: tuple[object, ...], env: dict[str, str],
+              installed: integrity.Signature) -> _Pair:
+        """Start a pair for a job: training in a new scratch folder, with that folder's
+        environment, and evaluation; ``installed`` is a signature taken before agent code
+        could have run since."""
+        self._count += 1
+        warm = self.folder / WARM_DIR / f"{os.getpid()}-{self._count}"
+        scratch = Path(tempfile.mkdtemp(prefix="autoresearch-train-"))
+        wait = ["--wait-for-job", str(os.getpid()), "--wait-seconds", f"{self.wait:g}"]
+        try:
+            train = _Proc([sys.executable, "-m", "autoresearch.harness", "--phase", "train",
+                           *wait], cwd=scratch, env=integrity.training_env(env, scratch),
+                          pid_file=warm / "train" / PID_FILE, job_pipe=True)
+            try:
+                ev = _start_eval(env, warm / "eval", self.wait)
+            except BaseException:
+                train.kill()
+                raise
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        return _Pair(key, scratch, train, ev, installed)
+
+    def discard(self) -> None:
+        """End the waiting pair, if any."""
+        pair, self._next = self._next, None
+        if pair is not None:
+            pair.close()
+            shutil.rmtree(pair.scratch, ignore_errors=True)
+
+    def close(self) -> None:
+        self.discard()
+        shutil.rmtree(self.folder / WARM_DIR, ignore_errors=True)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _warm_key(env: dict[str, str], device: str) -> tuple[object, ...]:
+    """What a pair's processes were started with: a job with other settings starts its own."""
+    return (tuple(sorted(env.items())), tempfile.gettempdir(), device, sys.executable)
 
 
 def kill_stale(folder: Path) -> int:
@@ -301,11 +551,6 @@ class BoundedLog:
         self.close()
 
 
-def _pump(stream: IO[bytes], log: BoundedLog) -> None:
-    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
-        log.write(chunk)
-
-
 def _kill_group(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
@@ -336,6 +581,7 @@ def _read(path: Path, model: type[_M]) -> _M | None:
 
 def _finish(metrics: Metrics, out_dir: Path, started: float) -> Metrics:
     metrics.total_seconds = time.monotonic() - started
+    metrics.exposed_seconds = max(0.0, metrics.total_seconds - metrics.train_seconds)
     metrics = Metrics.model_validate(metrics.model_dump())  # re-check: no metric unless ok
     metrics.write(out_dir / "metrics.json")
     return metrics

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import Column, Text, event, text
+from sqlalchemy import select as select_columns
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
 from autoresearch.errors import StoreError
 from autoresearch.metrics import Metrics
-from autoresearch.models import ExperimentStatus, RunState, RunStatus
+from autoresearch.models import ExperimentStatus, HistoryItem, RunState, RunStatus
 
 SCHEMA_VERSION = 1
 
@@ -313,6 +314,8 @@ class Store:
         status: Sequence[ExperimentStatus] | None = None,
         limit: int | None = None,
         newest_first: bool = False,
+        kind: str | None = None,
+        has_commit: bool = False,
     ) -> list[Experiment]:
         with self._tx() as s:
             q = select(Experiment)
@@ -320,10 +323,33 @@ class Store:
                 q = q.where(Experiment.run_id == run_id)
             if status:
                 q = q.where(col(Experiment.status).in_(list(status)))
+            if kind is not None:
+                q = q.where(Experiment.kind == kind)
+            if has_commit:
+                q = q.where(col(Experiment.commit).is_not(None))
             q = q.order_by(col(Experiment.id).desc() if newest_first else col(Experiment.id))
             if limit is not None:
                 q = q.limit(limit)
             return [_detach(e) for e in s.exec(q)]
+
+    def history(self, run_id: int, *, recent: int) -> tuple[list[HistoryItem], int]:
+        """The agent's view of a run's candidates, read without their texts (diff, proposal,
+        rationale): every kept one and the ``recent`` newest others, in id order, and how many
+        older ones were left out. Two indexed reads whatever the history's length."""
+        cols = (col(Experiment.id), col(Experiment.title), col(Experiment.status),
+                col(Experiment.delta), col(Experiment.reason))
+        mine = (col(Experiment.run_id) == run_id, col(Experiment.kind) == "candidate")
+        with self._tx() as s:
+            kept = s.execute(select_columns(*cols).where(*mine, col(Experiment.status) == S.kept)
+                             ).all()
+            newest = s.execute(select_columns(*cols).where(*mine, col(Experiment.status) != S.kept)
+                               .order_by(col(Experiment.id).desc()).limit(recent)).all()
+            others = s.exec(select(func.count()).select_from(Experiment).where(
+                *mine, Experiment.status != S.kept)).one()
+        rows = sorted([*kept, *newest], key=lambda r: r[0])
+        items = [HistoryItem(id=i, title=t, status=st.value, delta=d, reason=r)
+                 for i, t, st, d, r in rows]
+        return items, int(others) - len(newest)
 
     def count_candidates(self, run_id: int) -> int:
         """Candidates that used up one unit of the run's experiment budget.

@@ -1,11 +1,14 @@
 """Orchestrator seconds per experiment, excluding training, as the history grows.
 
-For each history size (10, 100, 1000 experiments already in the store) it runs the real loop
-with the mock agent on a trivial source and a token budget, times every experiment end to end,
-subtracts the time spent inside training jobs (runner.measure), and prints one line per size.
-Target: <= 0.5 s per experiment, flat as history grows.
+For each history size (10, 100, 1000, 10000 experiments already in the store) it runs the
+real loop with the mock agent on a trivial source and a token budget, times every experiment
+end to end, subtracts the time spent inside training jobs (runner.measure), and prints one line
+per size: "before" with the context built the old way (every experiment row of the run, with
+its diff, proposal and rationale, read each iteration; kept below as ``full_read_context``),
+"after" with today's ``ResearchLoop.build_context``, on the same store in the same run.
+Target (issue 12): <= 0.15 s per experiment at 1,000 and at 10,000 experiments.
 
-    python benchmarks/loop_overhead.py [--experiments 5] [--sizes 10 100 1000]
+    python benchmarks/loop_overhead.py [--experiments 5] [--sizes 10 100 1000 10000]
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from typing import Any
 
 from rich.console import Console
 
+from autoresearch import curves as curves_mod
 from autoresearch import loop as loop_mod
 from autoresearch import runner
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
-from autoresearch.models import ExperimentStatus
+from autoresearch.models import Context, ExperimentStatus, HistoryItem, Stats
 from autoresearch.progress import PlainReporter
-from autoresearch.store import Store
+from autoresearch.store import AgentCall, Experiment, Store
 from autoresearch.workspace import Workspace, init_workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,16 +49,52 @@ class Quiet(PlainReporter):
 
 
 def fill_history(store: Store, run_id: int, n: int) -> None:
-    for i in range(n):
-        e = store.add_experiment(run_id=run_id, kind="candidate", seq=i + 1,
-                                 title=f"old attempt {i}", parent_commit="0" * 40)
-        assert e.id is not None
-        store.transition(e.id, ExperimentStatus.rejected, reason="history filler")
-        store.add_call(run_id=run_id, experiment_id=e.id, provider="mock", model="x",
-                       cost_usd=0.0, raw="{}")
+    """n finished candidates, each with the texts a real one carries (a diff, a proposal, a
+    rationale), one in ten discarded with a delta; written in one transaction."""
+    diff = "--- a/train.py\n+++ b/train.py\n" + "-old line\n+new line\n" * 40
+    with store._tx() as s:
+        for i in range(n):
+            discarded = i % 10 == 0
+            e = Experiment(run_id=run_id, kind="candidate", seq=i + 1, title=f"old attempt {i}",
+                           parent_commit="0" * 40, rationale="because " * 60, diff=diff,
+                           proposal='{"title": "x", "edits": []}' + " " * 1500,
+                           status=ExperimentStatus.discarded if discarded
+                           else ExperimentStatus.rejected,
+                           delta=0.01 if discarded else None, reason="history filler")
+            s.add(e)
+            s.flush()
+            s.add(AgentCall(run_id=run_id, experiment_id=e.id, provider="mock", model="x",
+                            cost_usd=0.0, raw="{}"))
 
 
-def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float]:
+def full_read_context(self: loop_mod.ResearchLoop, files: dict[str, str]) -> Context:
+    """The context as it was built before issue 12: every experiment of the run read in full."""
+    assert self.run is not None and self.run.id is not None
+    run = self.run
+    exps = self.store.experiments(run_id=run.id)
+    baseline = next((e for e in exps if e.kind == "baseline" and e.val_bpb is not None), None)
+    champ = next((e for e in exps if e.id == run.champion_experiment_id), None)
+    noise = run.noise_std or 0.0
+    history = [HistoryItem(id=e.id or 0, title=e.title, status=e.status.value, delta=e.delta,
+                           reason=e.reason) for e in exps if e.kind == "candidate"]
+    last_crash = next((e for e in reversed(exps) if e.status in (
+        ExperimentStatus.crashed, ExperimentStatus.timeout, ExperimentStatus.invalid)), None)
+    crash_log = None
+    if last_crash is not None and last_crash.id is not None:
+        crash_log = loop_mod.log_tail(self.ws.exp_dir(last_crash.id), 3000)
+    return Context(
+        files=files, budget=self.budget.describe(), device=run.device,
+        baseline=Stats(mean=baseline.val_bpb, std=noise, n=len(self.seeds))
+        if baseline and baseline.val_bpb is not None else None,
+        champion=Stats(mean=champ.val_bpb, std=noise, n=len(self.seeds))
+        if champ and champ.val_bpb is not None else None,
+        history=history, last_crash_log=crash_log,
+        curves=curves_mod.context_curves(exps, run.champion_experiment_id, self.ws.exp_dir,
+                                         self.seeds))
+
+
+def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
+    """(overhead before, overhead after, training) seconds per experiment."""
     ws_dir = tmp / f"ws{size}"
     init_workspace(ws_dir)
     shutil.copy(SOURCE, ws_dir / "baseline" / "train.py")
@@ -63,7 +103,8 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float]:
         corpus.write_text(" ".join(["the cat sat on the mat"] * 4000), encoding="utf-8")
     entries = [{"title": f"lr {i}", "rationale": "",
                 "edits": [{"path": "train.py", "search": "LEARNING_RATE = 1e-5",
-                           "replace": f"LEARNING_RATE = {i + 2}e-5"}]} for i in range(experiments)]
+                           "replace": f"LEARNING_RATE = {i + 2}e-5"}]}
+               for i in range(2 * experiments)]
     script = tmp / f"script{size}.json"
     script.write_text(json.dumps(entries), encoding="utf-8")
     settings = Settings.exactly(dict(workspace=ws_dir, agent="mock", script=script,
@@ -72,7 +113,7 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float]:
     store = Store(settings.db_path)
     lp = loop_mod.ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
                                Quiet(None, Console(quiet=True)))
-    run = lp.start(size + experiments)
+    run = lp.start(size + 2 * experiments)
     lp.measure_baseline()
     assert run.id is not None
     fill_history(store, run.id, size)
@@ -88,28 +129,40 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float]:
         finally:
             training += time.perf_counter() - t0
 
-    loop_mod.runner.measure = timed_measure  # type: ignore[assignment]
-    try:
+    def overhead() -> float:
+        nonlocal training
+        training = 0.0
         t0 = time.perf_counter()
         for _ in range(experiments):
             lp.iteration()
-        total = time.perf_counter() - t0
+        return (time.perf_counter() - t0 - training) / experiments
+
+    loop_mod.runner.measure = timed_measure
+    new_context = loop_mod.ResearchLoop.build_context
+    try:
+        loop_mod.ResearchLoop.build_context = full_read_context  # type: ignore[method-assign]
+        before = overhead()
+        loop_mod.ResearchLoop.build_context = new_context  # type: ignore[method-assign]
+        after = overhead()
     finally:
-        loop_mod.runner.measure = real_measure  # type: ignore[assignment]
+        loop_mod.runner.measure = real_measure
+        loop_mod.ResearchLoop.build_context = new_context  # type: ignore[method-assign]
     store.close()
-    return (total - training) / experiments, training / experiments
+    return before, after, training / experiments
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiments", type=int, default=5)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1000, 10000])
     args = ap.parse_args()
+    print("orchestrator overhead per experiment (training jobs excluded); before: the context "
+          "read every experiment in full, after: bounded reads")
     with tempfile.TemporaryDirectory() as d:
         for size in args.sizes:
-            overhead, train = bench(size, args.experiments, Path(d))
-            print(f"history {size:>5}: orchestrator overhead {overhead:.3f} s/experiment "
-                  f"(training jobs {train:.2f} s/experiment, excluded)")
+            before, after, train = bench(size, args.experiments, Path(d))
+            print(f"history {size:>6}: before {before:.3f} s  after {after:.3f} s "
+                  f"(training jobs {train:.2f} s/experiment, excluded)", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """``python -m autoresearch.harness``: see :mod:`autoresearch.harness.command`."""
 
-import sys
+from autoresearch.harness.command import exit_now, main
 
-from autoresearch.harness.command import main
-
-sys.exit(main())
+exit_now(main())

@@ -3,14 +3,30 @@
 The runner starts one process per phase; a whole measurement is ``autoresearch train`` (or
 ``runner.measure``). Each phase's module is imported only when that phase runs, so the
 evaluation process never loads the training side.
+
+A warm start (``--phase P --wait-for-job PID``, see ``runner.Slot``) imports torch and the
+phase's own trusted modules, then waits for its one job: a single line on stdin holding the
+arguments of the phase, exactly the command line a cold process would get. It exits by itself,
+without running anything, when none comes within ``--wait-seconds``, when stdin closes, or when
+the runner (PID) dies. Nothing it has imported before the job is agent code.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
+import select
+import signal
+import sys
+import time
 
 from autoresearch.harness import SEQ_LEN
 from autoresearch.metrics import SETUP_CAP
+
+WAIT_SECONDS = 1800.0  # a warm process never handed a job exits after this long
+_PR_SET_PDEATHSIG = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -21,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", choices=["train", "eval"], required=True,
                    help="train: run train(run) and export the model; eval: score the export")
     p.add_argument("--source", help="folder holding train.py")
-    p.add_argument("--data", required=True, help="a prepared dataset folder")
+    p.add_argument("--data", help="a prepared dataset folder")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, help="seconds of training")
     budget.add_argument("--token-budget", type=int, help="training tokens")
@@ -37,8 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sandbox", choices=["on", "off"], default="off",
                    help="fence the training process in with Landlock (the runner says on)")
     p.add_argument("--writable", action="append", help="another folder training may write")
+    p.add_argument("--wait-for-job", type=int, metavar="PID",
+                   help="start warm: import, then wait for the job's arguments on stdin; exit "
+                        "if process PID (the runner) dies")
+    p.add_argument("--wait-seconds", type=float, default=WAIT_SECONDS,
+                   help="a warm process exits after this long without a job")
     args = p.parse_args(argv)
-    needed = {"train": ("source", "artifact", "report"), "eval": ("artifact", "out")}[args.phase]
+    if args.wait_for_job is not None:
+        return args
+    needed = {"train": ("source", "artifact", "report"),
+              "eval": ("artifact", "out")}[args.phase] + ("data",)
     missing = [f"--{n}" for n in needed if getattr(args, n) is None]
     if args.phase == "train" and args.time_budget is None and args.token_budget is None:
         missing.append("--time-budget or --token-budget")
@@ -49,6 +73,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.wait_for_job is not None:
+        phase = args.phase
+        _prewarm(phase)
+        ready = time.monotonic()
+        job = await_job(args.wait_for_job, args.wait_seconds)
+        if job is None:
+            return 0  # never handed work: nothing ran, nothing to report
+        args = parse_args(job)
+        if args.phase != phase or args.wait_for_job is not None:
+            raise SystemExit(f"a warm {phase} process was handed a {args.phase} job")
+    else:
+        ready = time.monotonic()
+    args.ready_at = ready  # when imports were done: the breakdown's start-up time
     if args.phase == "train":
         from autoresearch.harness.train import train_phase
 
@@ -56,3 +93,60 @@ def main(argv: list[str] | None = None) -> int:
     from autoresearch.harness.evaluate import eval_phase
 
     return eval_phase(args)
+
+
+def exit_now(code: int) -> None:
+    """End the process at once, reports written: an interpreter's teardown with torch (and
+    torch._dynamo, after an export) loaded takes ~0.7 s of the device's time, and nothing is
+    left to clean (the runner ends the process group and removes the scratch folder)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _prewarm(phase: str) -> None:
+    """Import (and run once on a dummy tensor) what a phase would otherwise load lazily on
+    the device's time: torch's optimizers and torch._dynamo (the first optimizer step imports
+    it), torch.export. Trusted code only, before any job exists; seeds are set after the job
+    arrives, so nothing here changes a result."""
+    import torch
+
+    if phase == "train":
+        import torch._dynamo
+        import torch.export
+
+        import autoresearch.harness.train
+
+        weight = torch.nn.Parameter(torch.zeros(4))
+        weight.grad = torch.ones(4)
+        torch.optim.AdamW([weight]).step()
+    else:
+        import autoresearch.data
+        import autoresearch.harness.evaluate  # noqa: F401
+
+
+def await_job(parent: int, wait: float) -> list[str] | None:
+    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
+    stdin closed, or the runner gone. Dies with the runner from here on (Linux)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    deadline = time.monotonic() + wait
+    line = b""
+    while b"\n" not in line:
+        left = deadline - time.monotonic()
+        if left <= 0 or os.getppid() != parent:
+            return None
+        readable, _, _ = select.select([0], [], [], min(left, 1.0))
+        if readable:
+            chunk = os.read(0, 65536)
+            if not chunk:
+                return None
+            line += chunk
+    # the runner's pipe is closed to whatever runs next: stdin is /dev/null, as when cold
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    job = json.loads(line.split(b"\n", 1)[0])
+    if not isinstance(job, list) or not all(isinstance(a, str) for a in job):
+        raise SystemExit("a warm process was handed a job that is not a list of arguments")
+    return job

@@ -140,6 +140,7 @@ def eval_phase(args: argparse.Namespace) -> int:
                             causal_ok=False if status == RunStatus.not_causal else None)
     report.eval_seconds = time.monotonic() - t0
     report.torch_version = torch.__version__
+    report.ready_at = getattr(args, "ready_at", 0.0)
     text = report.model_dump_json(indent=2)
     if args.out.startswith("fd:"):  # the runner's private pipe
         with open(int(args.out[3:]), "w", encoding="utf-8") as pipe:

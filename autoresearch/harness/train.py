@@ -229,6 +229,7 @@ def train_phase(args: argparse.Namespace) -> int:
         report.steps, report.train_tokens = run.steps, run.tokens
         report.train_seconds, report.setup_seconds = run.seconds(), run.setup_seconds
     report.peak_memory_mb = _peak_memory_mb(args.device)
+    report.ready_at = getattr(args, "ready_at", 0.0)
     Path(args.report).write_text(report.model_dump_json(indent=2), encoding="utf-8")
     print(f"[harness] training: {report.status.value} ({report.steps} batches, "
           f"{report.train_tokens:,} tokens, {report.train_seconds:.1f} s)", flush=True)

@@ -1,0 +1,119 @@
+"""Warm starts (runner.Slot): processes started ahead of their job, each serving one job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_sandbox import ABI, SOURCE, escape, listener  # noqa: F401  (a fixture)
+
+from autoresearch import integrity, runner
+from autoresearch.data import PreparedData
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
+
+SOURCES = Path(__file__).parent / "sources"
+TOKENS = Budget(kind="tokens", amount=8 * 256 * 4)
+pytestmark = pytest.mark.skipif(ABI == 0, reason="warm starts need the Landlock sandbox")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def warm_pids(folder: Path) -> list[int]:
+    return [int(p.read_text()) for p in (folder / runner.WARM_DIR).rglob(runner.PID_FILE)]
+
+
+def wait_gone(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)
+
+
+def measure(source: Path, data: PreparedData, out: Path, slot: runner.Slot) -> Metrics:
+    return runner.measure(source=source, data=data.path, budget=TOKENS, seed=0, device="cpu",
+                          out_dir=out, slot=slot)
+
+
+def test_a_warm_process_never_handed_work_exits_on_its_own(tmp_path: Path) -> None:
+    slot = runner.Slot(tmp_path, wait=3.0)
+    env = integrity.child_env(None)
+    slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    pids = warm_pids(tmp_path)
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert wait_gone(pids, 30.0)  # imports (a few seconds here), then the 3 s wait
+    slot.close()
+
+
+def test_jobs_in_one_slot_share_no_module_state_and_run_warm(
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    with runner.Slot(tmp_path / "slot") as slot:
+        first = measure(SOURCES / "module_state", prepared_data, tmp_path / "a", slot)
+        second = measure(SOURCES / "module_state", prepared_data, tmp_path / "b", slot)
+        spare = warm_pids(tmp_path / "slot")
+    assert first.status == second.status == RunStatus.ok, (first.error, second.error)
+    assert (first.warm, second.warm) == (True, True)
+    assert second.val_bpb == first.val_bpb  # the same job, warm or not, gives the same number
+    assert second.start_seconds > 0 and second.eval_start_seconds > 0
+    assert len(spare) == 2 and wait_gone(spare, 5.0)  # the third job's pair ended with the slot
+    log = (tmp_path / "b" / "run.log").read_text()
+    assert "--wait-for-job" in log and "[runner] job: --phase train" in log
+
+
+def test_a_warm_job_runs_in_the_same_sandbox(
+    prepared_data: PreparedData, tmp_path: Path, listener: int,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with runner.Slot(tmp_path / "slot") as slot:
+        real = runner.measure
+        monkeypatch.setattr(runner, "measure", lambda **kw: real(**kw, slot=slot))
+        escape(prepared_data, tmp_path / "cold", listener, monkeypatch, on=True)
+        m, said, planted = escape(prepared_data, tmp_path, listener, monkeypatch, on=True)
+    assert m.status == RunStatus.ok and m.warm, m.error
+    assert m.sandbox == f"landlock v{ABI}"
+    assert said["read"] == "Permission denied"  # the validation split, by its real path
+    assert said["shell"] == "Permission denied"
+    assert said["write"] == "Permission denied" and not planted.exists()
+    if ABI >= 4:
+        assert said["connect"] == "Permission denied"
+
+
+_HOLDER = """
+import sys, time
+from pathlib import Path
+from autoresearch import integrity, runner
+env = integrity.child_env(None)
+with runner.Slot(Path(sys.argv[1])) as slot:
+    slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_interrupting_or_killing_the_orchestrator_leaves_no_warm_process(
+    tmp_path: Path, how: signal.Signals,
+) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    pids = warm_pids(tmp_path)
+    assert len(pids) == 2 and all(alive(p) for p in pids)
+    holder.send_signal(how)
+    holder.wait(timeout=30)
+    assert wait_gone(pids, 10.0)  # Ctrl-C: the slot ends them; SIGKILL: they die with it
+    runner.kill_stale(tmp_path / runner.WARM_DIR)  # what a resumed loop does
+    assert warm_pids(tmp_path) == []
