@@ -22,6 +22,8 @@ WINDOW = 0.06  # seconds of wall time sampled: longer than a scheduler's slices,
 # of the CPU taken by other processes shows as a lower speed
 DRIFT_FLOOR = 0.25  # a speed within ±25% of the reference is never called drift
 DRIFT_SIGMAS = 4.0  # ... nor one within 4 standard deviations of the reference's own noise
+DRIFT_CAP = 1.0  # ... but a factor of 2 (+100% / -50%) always is: a handful of reference
+# speeds from a busy machine can have a spread that would excuse anything
 
 
 def reference_speed(device: str, window: float = WINDOW) -> float:
@@ -62,10 +64,11 @@ def combined(before: float | None, after: float | None) -> float | None:
 
 def tolerance(reference: Sequence[float]) -> float:
     """How far (as a log ratio) a speed may sit from ``reference``'s median before it counts
-    as drift: the larger of ±25% and 4 standard deviations of the reference's own log speeds."""
+    as drift: the larger of ±25% and 4 standard deviations of the reference's own log speeds,
+    never more than a factor of 2."""
     logs = [math.log(s) for s in reference if s > 0 and math.isfinite(s)]
     spread = statistics.stdev(logs) if len(logs) >= 2 else 0.0
-    return max(math.log1p(DRIFT_FLOOR), DRIFT_SIGMAS * spread)
+    return min(max(math.log1p(DRIFT_FLOOR), DRIFT_SIGMAS * spread), math.log1p(DRIFT_CAP))
 
 
 def ratio(speed: float | None, reference: Sequence[float]) -> float | None:
