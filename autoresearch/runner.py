@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TypeVar
@@ -212,16 +213,18 @@ def _train_and_evaluate(metrics: Metrics, log: BoundedLog, scratch: Path, pair: 
         metrics.status, metrics.error = train.status, train.error
     else:
         metrics = _evaluate(metrics, scratch / "model.pt", data, sha256, env, log,
-                            pair.eval if pair is not None else None)
+                            pair.eval if pair is not None else None,
+                            then=None if slot is None else lambda: slot.add_eval(env))
     return metrics
 
 
 def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
-              env: dict[str, str], log: BoundedLog, warm: _Eval | None = None) -> Metrics:
+              env: dict[str, str], log: BoundedLog, warm: _Eval | None = None,
+              then: Callable[[], None] | None = None) -> Metrics:
     """Score the artifact in a fresh process of trusted code. It starts in a new empty folder
     (never on sys.path) and answers through a pipe only this process holds, so nothing the
     training process left behind can stand in for its report. ``warm``: that process, started
-    earlier, waiting for these arguments."""
+    earlier, waiting for these arguments; ``then``: what to start once it has answered."""
     own = warm is None
     ev = warm if warm is not None else _start_eval(env)
     job = ["--phase", "eval", "--data", str(Path(data).resolve()), "--expect-sha256", sha256,
@@ -230,6 +233,8 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
     try:
         ev.proc.hand(job, log, log.path.parent / PID_FILE)
         code, timed_out = ev.proc.wait(EVAL_TIMEOUT)
+        if then is not None:
+            then()
         answer = ev.answer()
     finally:
         if own:
@@ -389,24 +394,29 @@ def _start_eval(env: dict[str, str], warm: Path | None = None, wait: float = 60.
 @dataclass
 class _Pair:
     """The processes of one future job: training (in its scratch folder, with that folder's
-    environment) and evaluation, both started and waiting."""
+    environment) and evaluation (None until started), waiting."""
 
     key: tuple[object, ...]
     scratch: Path
+    folder: Path  # for the pid files
     train: _Proc
-    eval: _Eval
+    eval: _Eval | None
     installed: integrity.Signature  # taken before either started
 
     def close(self) -> None:
         self.train.kill()
-        self.eval.close()
+        if self.eval is not None:
+            self.eval.close()
 
 
 @dataclass
 class Slot:
     """One worker slot's warm processes: after handing a job to the pair started for it, the
-    slot starts the next job's pair, so that Python and torch start-up (and the imports the
-    first optimizer step and the export would do) overlap the current job's training.
+    slot starts the next job's training process, so that Python and torch start-up (and the
+    imports the first optimizer step and the export would do) overlap the current job's
+    training; the next job's evaluation process starts when the current one's has finished
+    (``add_eval``), and overlaps the next job's training: on a machine of few cores, start-ups
+    competing with an evaluation slowed it more than they saved.
 
     A spare pair is ended by ``close`` (use the slot as a context manager), by its own wait
     deadline, or with this process (its stdin closes; on Linux it also dies with it). Its pid
@@ -421,7 +431,8 @@ class Slot:
         """The waiting pair, if it was started for jobs like this one and is still alive."""
         pair, self._next = self._next, None
         if pair is not None and (pair.key != key or pair.train.proc.poll() is not None
-                                 or pair.eval.proc.proc.poll() is not None):
+                                 or (pair.eval is not None
+                                     and pair.eval.proc.proc.poll() is not None)):
             pair.close()
             shutil.rmtree(pair.scratch, ignore_errors=True)
             return None
@@ -431,10 +442,16 @@ class Slot:
                    installed: integrity.Signature) -> None:
         """Start the next job's pair (ending a spare one first)."""
         self.discard()
-        self._next = self.spawn(key, env, installed)
+        self._next = self.spawn(key, env, installed, with_eval=False)
+
+    def add_eval(self, env: dict[str, str]) -> None:
+        """Start the next pair's evaluation process, if it has none yet."""
+        pair = self._next
+        if pair is not None and pair.eval is None:
+            pair.eval = _start_eval(env, pair.folder / "eval", self.wait)
 
     def spawn(self, key: tuple[object, ...], env: dict[str, str],
-              installed: integrity.Signature) -> _Pair:
+              installed: integrity.Signature, with_eval: bool = True) -> _Pair:
         """Start a pair for a job: training in a new scratch folder, with that folder's
         environment, and evaluation; ``installed`` is a signature taken before agent code
         could have run since."""
@@ -447,14 +464,14 @@ class Slot:
                            *wait], cwd=scratch, env=integrity.training_env(env, scratch),
                           pid_file=warm / "train" / PID_FILE, job_pipe=True)
             try:
-                ev = _start_eval(env, warm / "eval", self.wait)
+                ev = _start_eval(env, warm / "eval", self.wait) if with_eval else None
             except BaseException:
                 train.kill()
                 raise
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return _Pair(key, scratch, train, ev, installed)
+        return _Pair(key, scratch, warm, train, ev, installed)
 
     def discard(self) -> None:
         """End the waiting pair, if any."""

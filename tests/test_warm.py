@@ -51,6 +51,7 @@ def test_a_warm_process_never_handed_work_exits_on_its_own(tmp_path: Path) -> No
     slot = runner.Slot(tmp_path, wait=3.0)
     env = integrity.child_env(None)
     slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    slot.add_eval(env)
     pids = warm_pids(tmp_path)
     assert len(pids) == 2 and all(alive(p) for p in pids)
     assert wait_gone(pids, 30.0)  # imports (a few seconds here), then the 3 s wait
@@ -98,6 +99,7 @@ from autoresearch import integrity, runner
 env = integrity.child_env(None)
 with runner.Slot(Path(sys.argv[1])) as slot:
     slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    slot.add_eval(env)
     print("ready", flush=True)
     time.sleep(600)
 """
