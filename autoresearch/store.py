@@ -250,6 +250,11 @@ class Store:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
             SQLModel.metadata.create_all(conn)
             _add_new_columns(conn)
+            # the loop's per-iteration counts and newest-first reads answer from this index
+            # alone, never scanning rows that carry diffs and proposals (also added to files
+            # made before it: IF NOT EXISTS)
+            conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_experiment_run_kind_status "
+                                 "ON experiment (run_id, kind, status, id)")
             conn.commit()
 
     def _check_schema(self, read_only: bool = False) -> None:
