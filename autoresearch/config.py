@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Literal, Any
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -46,7 +46,11 @@ class Settings(BaseSettings):
     seed: int = 0
     seeds: int = Field(default=3, ge=1, le=32)
     device: str = "auto"
-    gpu: str | None = None
+    gpu: str | None = None  # CUDA devices, one worker each: "0,1,2,3"
+    workers: int | None = Field(default=None, ge=1, le=256)  # default: one per --gpu, else 1
+    pipeline: bool = True  # ask the agent for the next proposal while jobs train
+    backend: Literal["local", "ray"] = "local"
+    ray_address: str | None = None  # a Ray cluster's address (default: ray's own lookup)
     dataset: str = "shakespeare"
     min_delta: float = Field(default=0.0, ge=0)
     repairs: int = Field(default=2, ge=0, le=10)

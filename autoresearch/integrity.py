@@ -32,8 +32,10 @@ WATCHED_PACKAGES = ("torch", "torchgen", "numpy", "pydantic", "pydantic_core", "
 
 
 
-def child_env(gpu: str | None) -> dict[str, str]:
-    """The environment of both processes: no secrets (the training code is untrusted)."""
+def child_env(gpu: str | None, threads: int | None = None) -> dict[str, str]:
+    """The environment of both processes: no secrets (the training code is untrusted);
+    ``gpu``: the only CUDA devices they see; ``threads``: their torch/OpenMP threads (jobs
+    side by side on shared cores would otherwise each start one thread per core)."""
     env = {k: v for k, v in os.environ.items() if not SECRET_ENV.search(k)}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -41,6 +43,9 @@ def child_env(gpu: str | None) -> dict[str, str]:
     env["PYTHONHASHSEED"] = "0"
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
+    if threads is not None:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[name] = str(threads)
     return env
 
 

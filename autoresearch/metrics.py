@@ -66,6 +66,11 @@ class Metrics(BaseModel):
     # the agent's code was imported and just after train() returned (bookkeeping, never a metric)
     speed_before: float | None = None
     speed_after: float | None = None
+    # where it ran: "w0" (local worker 0), "w1 gpu 3", "ray 10.0.0.7"; the torch threads its
+    # processes were given (None: torch's own default); jobs running at once when it started
+    worker: str = ""
+    threads: int | None = None
+    concurrency: int = 1
 
     @model_validator(mode="after")
     def _no_metric_unless_ok(self) -> Metrics:

@@ -94,6 +94,7 @@ def measure(
     sandbox: bool = True,
     expect_sha256: str | None = None,
     slot: Slot | None = None,
+    threads: int | None = None,
 ) -> Metrics:
     """Train ``source`` under ``budget`` and evaluate it; write out_dir/{run.log,metrics.json}.
 
@@ -103,11 +104,13 @@ def measure(
     with Landlock where the OS has it (autoresearch/sandbox.py); ``expect_sha256`` refuses,
     before training, a dataset other than the one a run was measured on. With a ``slot``, the
     job runs in processes the slot started earlier where it can, and the slot starts the
-    next job's while this one trains.
+    next job's while this one trains. ``threads``: torch/OpenMP threads of each process
+    (jobs side by side on shared cores).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    metrics = Metrics(status=RunStatus.crash, seed=seed, device=device, seq_len=seq_len)
+    metrics = Metrics(status=RunStatus.crash, seed=seed, device=device, seq_len=seq_len,
+                      threads=threads)
     try:
         device = resolve_device(device)
         prepared = load_prepared(data)
@@ -121,7 +124,7 @@ def measure(
                          f"not the run's ({expect_sha256[:12]}): metrics from different "
                          "corpora are never compared")
         return _finish(metrics, out_dir, started)
-    env = integrity.child_env(gpu)
+    env = integrity.child_env(gpu, threads)
     sys.dont_write_bytecode = True  # our own late imports must not change the watched files
     metrics.sandbox = sandbox_state(sandbox)
     # warm processes only behind the OS fence: it keeps this job's code away from the next

@@ -146,6 +146,9 @@ class Measurement(SQLModel, table=True):
     speed: float | None = None  # reference GFLOP/s in the training process (autoresearch.speed)
     speed_ratio: float | None = None  # speed / the champion's reference speed at the time
     drift: str | None = None  # why this measurement's machine speed is not comparable, if so
+    worker: str = ""  # which worker, GPU or Ray node ran it
+    threads: int | None = None  # torch threads per process (None: torch's default)
+    concurrency: int = 1  # measurements running at once (this one included) when it started
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -169,7 +172,8 @@ T = TypeVar("T", bound=SQLModel)
 _Stamped = TypeVar("_Stamped", Run, Experiment)  # the tables with an updated_at
 # the Measurement columns copied from a Metrics (the whole Metrics is kept as JSON as well)
 _MEASURED = {"seed", "status", "val_bpb", "val_loss", "train_tokens", "steps", "train_seconds",
-             "total_seconds", "params", "peak_memory_mb", "device", "error"}
+             "total_seconds", "params", "peak_memory_mb", "device", "error", "worker",
+             "threads", "concurrency"}
 
 
 def _detach(row: T) -> T:

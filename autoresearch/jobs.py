@@ -1,0 +1,120 @@
+"""A measurement as data (``Job``), and the workers that run one (``Worker``).
+
+The loop never calls the runner itself: it hands a ``Job`` to a worker. A ``LocalWorker``
+runs it here, on its own GPU or its share of the CPU cores, in warm processes of its own
+(runner.Slot); a Ray worker (autoresearch.ray_backend) runs the same runner + harness on a
+cluster node. Tests and benchmarks give the loop a fake worker instead of patching modules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from autoresearch import runner
+from autoresearch.errors import UsageError
+from autoresearch.metrics import SETUP_CAP, Budget, Metrics
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training + evaluation of ``source`` on one seed (runner.measure's arguments)."""
+
+    source: Path  # a folder with the editable files (a worktree)
+    data: Path  # the prepared dataset's folder
+    budget: Budget
+    seed: int
+    device: str  # "cpu", "cuda", "mps": a worker's GPU is given by its CUDA_VISIBLE_DEVICES
+    out_dir: Path  # run.log, metrics.json (and the curve) are written here
+    setup_cap: float = SETUP_CAP
+    timeout: float | None = None
+    sandbox: bool = True
+    expect_sha256: str | None = None  # refuse any other dataset, before training
+
+
+class Worker(Protocol):
+    """Runs one job at a time; a loop with N workers runs N jobs at once."""
+
+    name: str  # recorded with each measurement: "w0", "w1 gpu 3", "ray 10.0.0.7"
+
+    def measure(self, job: Job) -> Metrics:
+        """Never raises for a failed job: the Metrics says what failed."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class LocalWorker:
+    """A worker on this machine: its jobs see only ``gpu`` (CUDA_VISIBLE_DEVICES) and use
+    ``threads`` torch threads; the next job's processes start while the current one trains."""
+
+    name: str
+    folder: Path  # the experiments folder (warm processes' pid files go under it)
+    gpu: str | None = None
+    threads: int | None = None
+    _slot: runner.Slot | None = field(default=None, init=False)
+
+    def measure(self, job: Job) -> Metrics:
+        if self._slot is None:
+            self._slot = runner.Slot(self.folder)
+        m = runner.measure(source=job.source, data=job.data, budget=job.budget, seed=job.seed,
+                           device=job.device, out_dir=job.out_dir, setup_cap=job.setup_cap,
+                           timeout=job.timeout, gpu=self.gpu, sandbox=job.sandbox,
+                           expect_sha256=job.expect_sha256, slot=self._slot,
+                           threads=self.threads)
+        return m.model_copy(update={"worker": self.name})
+
+    def close(self) -> None:
+        if self._slot is not None:
+            self._slot.close()
+            self._slot = None
+
+
+def parse_gpus(gpu: str | None) -> list[str]:
+    """``--gpu 0,1,3`` -> ["0", "1", "3"]; a bad list is a UsageError."""
+    if gpu is None or gpu.strip() == "":
+        return []
+    items = [g.strip() for g in gpu.split(",")]
+    bad = [g for g in items if not re.fullmatch(r"\d+|GPU-[0-9a-fA-F-]+|MIG-[\w/-]+", g)]
+    if bad or len(set(items)) != len(items):
+        raise UsageError(f"bad --gpu list {gpu!r}: give distinct device indices or UUIDs "
+                         "separated by commas, e.g. --gpu 0,1")
+    return items
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def local_workers(folder: Path, device: str, workers: int | None, gpu: str | None
+                  ) -> list[LocalWorker]:
+    """The workers for ``--workers``/``--gpu``: one per listed GPU (each job sees only its
+    own), else ``workers`` (default 1) sharing the CPU cores (threads = cores / workers)."""
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, not {workers}")
+    gpus = parse_gpus(gpu)
+    if gpus:
+        n = workers or len(gpus)
+        if n > len(gpus):
+            raise UsageError(f"--workers {n} needs {n} GPUs, but --gpu lists {len(gpus)} "
+                             f"({gpu}); list one GPU per worker")
+        return [LocalWorker(f"w{i} gpu {g}", folder, gpu=g) for i, g in enumerate(gpus[:n])]
+    n = workers or 1
+    if n == 1:
+        return [LocalWorker("w0", folder)]
+    if device.startswith("cuda"):
+        raise UsageError(f"--workers {n} on CUDA needs one GPU per worker: list them with "
+                         f"--gpu (e.g. --gpu {','.join(str(i) for i in range(n))})")
+    cores = cpu_cores()
+    if n > cores:
+        raise UsageError(f"--workers {n} is more than the {cores} CPU cores here: jobs "
+                         "side by side would only slow each other down")
+    return [LocalWorker(f"w{i}", folder, threads=cores // n) for i in range(n)]
