@@ -18,12 +18,13 @@ import typer
 from rich.console import Console
 
 from autoresearch import data as data_mod
+from autoresearch import loop as loop_mod
 from autoresearch import report, runner
 from autoresearch.agents import Agent, AgentError, make_agent
-from autoresearch.agents.mock import MockAgent
 from autoresearch.agents.pricing import price_of
 from autoresearch.config import Settings, load_settings
 from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.jobs import LocalWorker
 from autoresearch.loop import LoopStopped, ResearchLoop
 from autoresearch.models import ExperimentStatus
 from autoresearch.progress import make_reporter
@@ -183,7 +184,20 @@ def loop(
     seeds: Annotated[int | None, typer.Option(
         help="Seeds per measurement of the baseline and of promising candidates.")] = None,
     device: Device = None,
-    gpu: Annotated[str | None, typer.Option(help="CUDA_VISIBLE_DEVICES for training jobs.")] = None,
+    gpu: Annotated[str | None, typer.Option(
+        help="GPUs to train on, one worker each: 0,1,2,3 (each job sees only its own).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Experiments at once (default: one per --gpu, else 1; on CPU they split the "
+        "cores).")] = None,
+    pipeline: Annotated[bool | None, typer.Option(
+        "--pipeline/--no-pipeline",
+        help="Ask the agent for the next proposal while jobs train (default on).")] = None,
+    backend: Annotated[str | None, typer.Option(
+        help="Where jobs run: local, or ray (a Ray cluster; pip install 'autoresearch[ray]')."
+    )] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="The Ray cluster's address, e.g. 10.0.0.1:6379 (default: Ray's own lookup).")
+    ] = None,
     dataset: Dataset = None,
     tag: Annotated[str | None, typer.Option(help="A name for this run.")] = None,
     min_delta: Annotated[float | None, typer.Option(
@@ -209,7 +223,9 @@ def loop(
                       model=model, base_url=base_url, time_budget=time_budget,
                       token_budget=token_budget, seed=seed, seeds=seeds, device=device,
                       gpu=gpu, dataset=dataset, tag=tag, min_delta=min_delta, repairs=repairs,
-                      max_cost=max_cost, keep_worktrees=keep_worktrees, sandbox=sandbox)
+                      max_cost=max_cost, keep_worktrees=keep_worktrees, sandbox=sandbox,
+                      workers=workers, pipeline=pipeline, backend=backend,
+                      ray_address=ray_address)
         ws = Workspace(s.workspace, s.editable)
         store = Store(s.db_path)
         reporter = make_reporter(out, err)
@@ -221,7 +237,9 @@ def loop(
                 # the run goes on with the settings it started with, except what the user
                 # may sensibly change midway: where things are, prices, spending, patience
                 given = {"max_cost": max_cost, "repairs": repairs,
-                         "keep_worktrees": keep_worktrees, "sandbox": sandbox}
+                         "keep_worktrees": keep_worktrees, "sandbox": sandbox,
+                         "pipeline": pipeline, "ray_address": ray_address,
+                         "workers": workers, "gpu": gpu, "backend": backend}
                 overrides = {"workspace": s.workspace, "db": s.db, "prices": s.prices,
                              **{k: v for k, v in given.items() if v is not None}}
                 s = Settings.exactly(run.config).model_copy(update=overrides)
@@ -234,14 +252,20 @@ def loop(
                                 prompts_dir=ws.root / "prompts", start=done_calls,
                                 model=run.model or None)
                 _check_cap(s, ag)
-                lp = ResearchLoop(s, store, ws, ag, reporter)
-                lp.resume(run, budget)
+                pool = loop_mod.make_workers(s, run.device, ws.experiments_dir)
+                active, redo = loop_mod.resume(s, store, ws, reporter, run, budget)
+                lp = ResearchLoop(active, ag, pool, redo=redo)
             else:
                 ag = make_agent(s.agent, settings=s, notice=reporter.notice,
                                 prompts_dir=ws.root / "prompts")
                 _check_cap(s, ag)
-                lp = ResearchLoop(s, store, ws, ag, reporter)
-                lp.start(budget if budget is not None else 20)
+                device = runner.resolve_device(s.device)
+                pool = loop_mod.make_workers(s, device, ws.experiments_dir)
+                _warn_shared_cores(s, device, len(pool), reporter)
+                active = loop_mod.start(s, store, ws, reporter, agent=ag.name, model=ag.model,
+                                        experiments=budget if budget is not None else 20,
+                                        workers=pool)
+                lp = ResearchLoop(active, ag, pool)
             try:
                 done = lp.execute()
             except KeyboardInterrupt:
@@ -258,6 +282,18 @@ def loop(
         finally:
             reporter.close()
             store.close()
+
+
+def _warn_shared_cores(s: Settings, device: str, workers: int, reporter: Any) -> None:
+    """Jobs side by side on shared CPU cores slow each other: under a wall-clock budget that
+    becomes val_bpb. The keep rule still compares like with like (the champion re-measured
+    alongside, on the same worker, while the others are as busy), but say so."""
+    if workers > 1 and device == "cpu" and s.token_budget is None and s.backend == "local":
+        reporter.notice(
+            f"note: {workers} workers share this machine's CPU cores under a wall-clock "
+            "budget: each job trains fewer steps than it would alone, and its val_bpb depends "
+            "on what the other workers run; a promising candidate is confirmed against the "
+            "champion re-measured alongside it, but --token-budget compares the code alone")
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -344,9 +380,15 @@ def replay(
         ws = Workspace(s.workspace, s.editable)
         exp = _experiment(store, exp_id)
         reporter = make_reporter(out, err) if not as_json else make_reporter(None, err)
-        result = ResearchLoop(s, store, ws, _no_agent(), reporter).replay(
-            exp, onto=onto, seeds=seeds)
-        reporter.close()
+        run = store.get_run(exp.run_id)
+        assert run is not None
+        active = loop_mod.reopen(s, store, ws, reporter, run)
+        worker = LocalWorker("w0", ws.experiments_dir)
+        try:
+            result = loop_mod.replay(active, worker, exp, onto=onto, seeds=seeds)
+        finally:
+            worker.close()
+            reporter.close()
         if as_json:
             out.print_json(json.dumps(result))
         else:
@@ -446,10 +488,6 @@ def _check_cap(s: Settings, agent: Agent) -> None:
         raise UsageError(f"--max-cost needs a price for model {agent.model!r}; add it under "
                          "[tool.autoresearch.prices] as \"model\" = [USD per M input tokens, "
                          "USD per M output tokens]")
-
-
-def _no_agent() -> MockAgent:
-    return MockAgent()  # replay asks no agent anything
 
 
 def _status(name: str) -> ExperimentStatus:

@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal, Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     gpu: str | None = None  # CUDA devices, one worker each: "0,1,2,3"
     workers: int | None = Field(default=None, ge=1, le=256)  # default: one per --gpu, else 1
-    pipeline: bool = True  # ask the agent for the next proposal while jobs train
+    # ask the agent for the next proposal while jobs train (None: yes, except for a scripted
+    # mock agent, whose entries were written one after the other)
+    pipeline: bool | None = None
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # a Ray cluster's address (default: ray's own lookup)
     dataset: str = "shakespeare"

@@ -114,6 +114,7 @@ class ExperimentStatus(enum.StrEnum):
     timeout = "timeout"  # killed at its hard deadline
     invalid = "invalid"  # ran, but its result cannot count (overtime, wrong dataset, ...)
     interrupted = "interrupted"  # the loop stopped while it was in flight
+    superseded = "superseded"  # won on an older champion, could not be ported onto the new one
 
 
 class RunState(enum.StrEnum):

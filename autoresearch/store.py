@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,7 @@ FINAL = {
     ExperimentStatus.timeout,
     ExperimentStatus.invalid,
     ExperimentStatus.interrupted,
+    ExperimentStatus.superseded,
 }
 _FAILURES = FINAL - {ExperimentStatus.kept, ExperimentStatus.discarded}
 S = ExperimentStatus
@@ -120,6 +122,11 @@ class Experiment(SQLModel, table=True):
     delta: float | None = None  # val_bpb - champion on the paired seeds (negative = better)
     seconds: float = 0.0  # wall seconds of training jobs
     replay_of: int | None = None
+    # the champion experiment it was proposed on (and measured against first)
+    parent_id: int | None = None
+    # sha256 of its editable files as applied: a proposal identical to one already measured
+    # in the run is refused before training
+    fingerprint: str | None = Field(default=None, index=True)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
 
@@ -187,6 +194,7 @@ class Store:
         """``read_only`` (a dashboard): the file opened with mode=ro, nothing created or
         written, so a reader never takes a write lock while a loop writes."""
         self.path = path
+        self._lock = threading.RLock()
         url = "sqlite://" if path is None else f"sqlite:///{path}"
         if path is not None and not path.parent.is_dir():
             raise StoreError(f"cannot create {path}: folder {path.parent} does not exist")
@@ -205,6 +213,12 @@ class Store:
     # -- plumbing ---------------------------------------------------------------------------
     @contextmanager
     def _tx(self) -> Iterator[Session]:
+        # a loop's workers and proposers share one Store: one transaction at a time here
+        # (other processes wait on SQLite's own lock)
+        with self._lock:
+            yield from self._tx_unlocked()
+
+    def _tx_unlocked(self) -> Iterator[Session]:
         session = Session(self.engine, expire_on_commit=False)
         try:
             yield session
@@ -380,6 +394,27 @@ class Store:
         columns = metrics.model_dump(include=_MEASURED)
         return self._add(Measurement(experiment_id=experiment_id, **columns, **fields,
                                      metrics=metrics.model_dump_json()))
+
+    def restage(self, exp_id: int, roles: dict[str, str]) -> None:
+        """Rename an experiment's measurement roles (``{"candidate": "stale"}``): a candidate
+        ported onto a new champion keeps the evidence of its first measurement apart from its
+        own values."""
+        with self._tx() as s:
+            for row in s.exec(select(Measurement).where(Measurement.experiment_id == exp_id)):
+                if row.role in roles:
+                    row.role = roles[row.role]
+                    s.add(row)
+
+    def duplicate_of(self, run_id: int, fingerprint: str) -> Experiment | None:
+        """The first experiment of the run whose files were exactly these and that was (or is
+        being) measured: not a rejected or interrupted one."""
+        with self._tx() as s:
+            q = select(Experiment).where(
+                Experiment.run_id == run_id, Experiment.fingerprint == fingerprint,
+                col(Experiment.status).not_in([S.rejected, S.interrupted]),
+                Experiment.kind != "replay").order_by(col(Experiment.id)).limit(1)
+            row = s.exec(q).first()
+            return None if row is None else _detach(row)
 
     def measurements(self, exp_id: int, role: str | None = None) -> list[Measurement]:
         """An experiment's measurements in order; ``role`` keeps only "candidate" or

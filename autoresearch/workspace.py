@@ -18,8 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import functools
 import shutil
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import git
 
@@ -78,6 +82,17 @@ def init_workspace(path: Path) -> list[str]:
     return written
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    @functools.wraps(method)
+    def wrapper(self: Workspace, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return cast(_F, wrapper)
+
+
 class Workspace:
     def __init__(self, root: Path, editable: list[str] | None = None) -> None:
         self.root = root.resolve()
@@ -90,6 +105,7 @@ class Workspace:
         self.experiments_dir = self.root / "experiments"
         self.repo_dir = self.experiments_dir / "repo"
         self._repo: git.Repo | None = None
+        self.lock = threading.RLock()  # a loop's workers share the repo: one git step at a time
 
     # -- the research repository ------------------------------------------------------------
     @property
@@ -118,6 +134,7 @@ class Workspace:
             files[rel] = p.read_text(encoding="utf-8")
         return files
 
+    @_locked
     def commit_baseline(self) -> str:
         """Commit the workspace's baseline/ to the baseline branch (if it changed); its sha."""
         repo = self.repo
@@ -132,6 +149,7 @@ class Workspace:
         c = repo.index.commit("baseline", author=_AUTHOR, committer=_AUTHOR)
         return c.hexsha
 
+    @_locked
     def read_files(self, commit: str) -> dict[str, str]:
         c = self.repo.commit(commit)
         out = {}
@@ -142,6 +160,7 @@ class Workspace:
                 out[rel] = ""
         return out
 
+    @_locked
     def resolve(self, ref: str) -> str:
         try:
             return self.repo.commit(ref).hexsha
@@ -153,9 +172,11 @@ class Workspace:
     def run_branch(run_id: int) -> str:
         return f"run/{run_id}"
 
+    @_locked
     def create_branch(self, name: str, commit: str) -> None:
         self.repo.git.branch("-f", name, commit)
 
+    @_locked
     def advance(self, branch: str, commit: str) -> None:
         """Fast-forward ``branch`` to ``commit`` (refuses anything that is not a fast-forward)."""
         head = self.repo.commit(branch).hexsha
@@ -170,6 +191,7 @@ class Workspace:
     def worktree_path(self, exp_id: int, name: str = "worktree") -> Path:
         return self.exp_dir(exp_id) / name
 
+    @_locked
     def create_worktree(self, exp_id: int, base: str, branch: str | None,
                         name: str = "worktree") -> Path:
         """A fresh worktree for an experiment: on ``branch`` from ``base``, or detached.
@@ -185,6 +207,7 @@ class Workspace:
             self.repo.git.worktree("add", "-f", "--detach", str(wt), base)
         return wt
 
+    @_locked
     def commit_files(self, wt: Path, files: dict[str, str], message: str) -> tuple[str, str]:
         """Write ``files`` into worktree ``wt`` and commit; (commit sha, diff vs parent)."""
         for rel, text in files.items():
@@ -198,10 +221,12 @@ class Workspace:
         diff = wrepo.git.diff(f"{sha}~1", sha)
         return sha, diff + ("\n" if diff else "")
 
+    @_locked
     def pin(self, exp_id: int, commit: str) -> None:
         """Keep an experiment's commit reachable after its branch is gone (replay, export)."""
         self.repo.git.update_ref(f"refs/experiments/{exp_id}", commit)
 
+    @_locked
     def remove_worktree(self, exp_id: int, branch: str | None = None,
                         delete_branch: bool = False, name: str = "worktree") -> None:
         wt = self.worktree_path(exp_id, name)
@@ -215,9 +240,11 @@ class Workspace:
             with contextlib.suppress(git.GitCommandError):  # already gone
                 self.repo.git.branch("-D", branch)
 
+    @_locked
     def format_patch(self, commit: str) -> str:
         return str(self.repo.git.format_patch("-1", "--stdout", commit))
 
+    @_locked
     def apply_diff(self, wt: Path, diff: str) -> None:
         """Apply a stored diff in worktree ``wt`` (3-way, so it also lands on a moved champion)."""
         patch = wt.parent / "replay.patch"

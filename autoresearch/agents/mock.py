@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -100,14 +101,23 @@ def builtin_proposal(files: dict[str, str], index: int, path: str = "train.py") 
 
 
 class MockAgent:
+    """``latency``: seconds each answer takes, as a model's would (benchmarks of the scheduler).
+    A scripted agent is ``scripted``: its entries were written one after the other, each
+    against the champion the previous one left, so the loop asks it only between experiments
+    unless told to pipeline."""
+
     name = "mock"
 
-    def __init__(self, script: Path | None = None, start: int = 0) -> None:
+    def __init__(self, script: Path | None = None, start: int = 0, latency: float = 0.0) -> None:
         self.model = str(script) if script else "builtin"
         self.script = load_script(script) if script else None
         self.calls = start  # a resumed run goes on where the last one stopped
+        self.latency = latency
+        self.scripted = self.script is not None
 
     def propose(self, context: Context) -> Answer:
+        if self.latency:
+            time.sleep(self.latency)  # a model thinking: the scheduler overlaps it with training
         index = self.calls
         self.calls += 1
         record = CallRecord(provider="mock", model=self.model, input_tokens=0, output_tokens=0,

@@ -1,0 +1,291 @@
+"""The scheduler: every worker busy, the next proposal ready before a worker frees up.
+
+One thread per worker runs experiments' measure, judge and record steps (the worker's warm
+processes are started from that thread and live with it). Proposals (ask, check, apply) run
+in threads of their own while workers train: at most one waits per worker (``pipeline``), or
+none while anything trains (``pipeline=False``: the sequential loop). The main thread only
+hands out work and reacts to what finished; the run's budget is exact because an ask starts
+only while the experiments recorded plus the asks still open stay within it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import queue
+import statistics
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoresearch import decide as decide_mod
+from autoresearch import runner
+from autoresearch.agents.base import Agent, AgentExhausted, AgentFatal
+from autoresearch.errors import AutoresearchError, one_line
+from autoresearch.jobs import Worker
+from autoresearch.loop.active import ActiveRun, LoopStopped, fingerprint
+from autoresearch.loop.experiment import Candidate, Proposer, trial
+from autoresearch.metrics import Metrics
+from autoresearch.models import ExperimentStatus, Proposal, RunState
+from autoresearch.store import Run, is_done
+
+ES = ExperimentStatus
+
+
+class BaselineFailed(AutoresearchError):
+    pass
+
+
+@dataclass
+class _Done:
+    """A finished piece of work, posted to the main thread."""
+
+    kind: str  # "ask" or "trial"
+    lane: _Lane | None
+    result: Any = None
+    error: BaseException | None = None
+
+
+class _Lane:
+    """A worker and the one thread that runs its jobs."""
+
+    def __init__(self, worker: Worker, events: queue.Queue[_Done]) -> None:
+        self.worker = worker
+        self.events = events
+        self.inbox: queue.Queue[Callable[[Worker], Any] | None] = queue.Queue()
+        self.current: int | None = None  # the experiment it is on
+        self.thread = threading.Thread(target=self._serve, name=f"worker {worker.name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while (work := self.inbox.get()) is not None:
+                try:
+                    self.events.put(_Done("trial", self, result=work(self.worker)))
+                except BaseException as e:
+                    self.events.put(_Done("trial", self, error=e))
+        finally:
+            self.worker.close()  # its warm processes end with the thread that started them
+
+    def give(self, work: Callable[[Worker], Any], exp_id: int | None) -> None:
+        self.current = exp_id
+        self.inbox.put(work)
+
+    def stop(self) -> None:
+        self.inbox.put(None)
+
+
+class ResearchLoop:
+    def __init__(self, active: ActiveRun, agent: Agent, workers: list[Worker], *,
+                 redo: list[tuple[int, Proposal]] | None = None) -> None:
+        self.active = active
+        self.agent = agent
+        self.workers = workers
+        self.proposer = Proposer(active, agent, redo=list(redo or []))
+        self.events: queue.Queue[_Done] = queue.Queue()
+        self.lanes: list[_Lane] = []
+
+    @property
+    def run(self) -> Run:
+        return self.active.run
+
+    def execute(self) -> Run:
+        """Run experiments until the run's budget is spent; returns the finished run."""
+        a = self.active
+        self.lanes = [_Lane(w, self.events) for w in self.workers]
+        try:
+            a.reporter.begin(a.run.experiments_planned, a.store.count_candidates(a.id))
+            if a.run.champion_experiment_id is None:
+                self._baseline()
+            self._schedule()
+        except KeyboardInterrupt:
+            self._halt("interrupted by the user")
+            a.update(state=RunState.stopped, stop_reason="interrupted by the user")
+            raise
+        except (LoopStopped, AgentFatal) as e:
+            a.update(state=RunState.stopped, stop_reason=str(e))
+            raise LoopStopped(f"{e} (run {a.id} is resumable: autoresearch loop --resume)"
+                              ) from e
+        except BaselineFailed as e:
+            a.update(state=RunState.failed, stop_reason=str(e))
+            raise
+        except BaseException:
+            self._halt("the loop failed")
+            raise
+        finally:
+            for lane in self.lanes:
+                lane.stop()
+            for lane in self.lanes:
+                lane.thread.join(timeout=60)
+        return a.update(state=RunState.finished)
+
+    # -- the baseline ---------------------------------------------------------------------------
+    def _baseline(self) -> None:
+        """The baseline on every seed, the seeds spread over the workers."""
+        a = self.active
+        commit = a.run.baseline_commit
+        exp = a.store.add_experiment(run_id=a.id, kind="baseline", seq=0, title="baseline",
+                                     parent_commit=commit, commit=commit,
+                                     fingerprint=fingerprint(a.ws.read_files(commit)))
+        assert exp.id is not None
+        exp_id = exp.id
+        a.store.transition(exp_id, ES.applied)
+        wt = a.ws.create_worktree(exp_id, commit, branch=None)
+        a.store.transition(exp_id, ES.running)
+        a.reporter.phase(exp_id, 0, "baseline", f"measuring {len(a.seeds)} seeds")
+        pending = list(a.seeds)
+        busy = 0
+        failed: Metrics | None = None
+        values: dict[int, float] = {}
+        try:
+            while pending or busy:
+                for lane in self.lanes:
+                    if pending and lane.current is None and failed is None:
+                        seed = pending.pop(0)
+                        lane.give(functools.partial(_measure_seed, a, exp_id, wt, seed), exp_id)
+                        busy += 1
+                if failed is not None:
+                    pending.clear()
+                done = self._next_event()
+                assert done.lane is not None
+                done.lane.current = None
+                busy -= 1
+                if done.error is not None:
+                    raise done.error
+                got, bad = done.result
+                values.update(got)
+                failed = failed or bad
+        except BaseException as e:
+            if not isinstance(e, BaselineFailed):
+                self._halt("interrupted by the user" if isinstance(e, KeyboardInterrupt)
+                           else one_line(str(e)))
+                self.proposer.interrupted(exp_id, e)
+            raise
+        a.cleanup(exp_id, None)
+        if failed is not None:
+            a.failed(exp_id, failed)
+            raise BaselineFailed(
+                f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
+                f"{one_line(failed.error)}; "
+                f"see {a.ws.exp_dir(exp_id) / f'seed-{failed.seed}' / 'run.log'}"
+            )
+        values = {s: values[s] for s in a.seeds}
+        avg = statistics.fmean(values.values())
+        noise = decide_mod.estimate_noise(values) if len(values) > 1 else None
+        a.store.transition(exp_id, ES.measured, val_bpb=avg, seconds=a.seconds(exp_id))
+        done_exp = a.store.transition(
+            exp_id, ES.kept, delta=0.0, champion_bpb=avg,
+            reason=f"baseline: {avg:.4f} ± {noise or 0:.4f} over {len(values)} seeds",
+            decision=json.dumps({"values": values, "noise_std": noise}),
+        )
+        a.update(champion_experiment_id=exp_id, noise_std=noise)
+        a.reporter.finished(done_exp, avg)
+
+    # -- the experiments ------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        a = self.active
+        s = a.settings
+        ready: deque[Candidate] = deque()
+        asks = 0  # proposals being asked for (each may or may not have its row yet)
+        running = 0
+        exhausted = False
+        stop: BaseException | None = None
+        planned = a.run.experiments_planned
+        pipelined = s.pipeline if s.pipeline is not None else not getattr(
+            self.agent, "scripted", False)
+        while True:
+            free = [lane for lane in self.lanes if lane.current is None]
+            while ready and free:
+                cand = ready.popleft()
+                free.pop(0).give(functools.partial(_trial, a, self.proposer, cand), cand.exp_id)
+                running += 1
+            waiting = asks + len(ready)
+            want = len(self.lanes) if pipelined else (0 if running else 1)
+            while (stop is None and not exhausted and waiting < want
+                   and a.store.count_candidates(a.id) + asks < planned):
+                self._ask()
+                asks += 1
+                waiting += 1
+            if not asks and not running:
+                break
+            done = self._next_event()
+            if done.kind == "ask":
+                asks -= 1
+                if isinstance(done.error, AgentExhausted):
+                    if not exhausted:
+                        a.reporter.notice(f"the agent has nothing more to propose: "
+                                          f"{done.error}")
+                    exhausted = True
+                elif isinstance(done.error, (LoopStopped, AgentFatal)):
+                    stop = stop or done.error
+                elif done.error is not None:
+                    raise done.error
+                elif done.result is not None:
+                    if stop is not None:
+                        self.proposer.interrupted(done.result.exp_id, stop)
+                    else:
+                        ready.append(done.result)
+            else:
+                assert done.lane is not None
+                done.lane.current = None
+                running -= 1
+                if isinstance(done.error, (LoopStopped, AgentFatal)):
+                    stop = stop or done.error
+                elif done.error is not None:
+                    raise done.error
+            if stop is not None:
+                while ready:  # proposals not started: measured again on resume
+                    self.proposer.interrupted(ready.popleft().exp_id, stop)
+        if stop is not None:
+            raise stop
+
+    def _ask(self) -> None:
+        def work() -> None:
+            try:
+                self.events.put(_Done("ask", None, result=self.proposer.next()))
+            except BaseException as e:
+                self.events.put(_Done("ask", None, error=e))
+
+        threading.Thread(target=work, name="ask", daemon=True).start()
+
+    def _next_event(self) -> _Done:
+        while True:  # a timeout keeps Ctrl-C deliverable to this thread
+            try:
+                return self.events.get(timeout=0.5)
+            except queue.Empty:
+                continue
+
+    # -- stopping -------------------------------------------------------------------------------
+    def _halt(self, why: str) -> None:
+        """Stop every job in flight and record what was in flight as interrupted. Asks still
+        waiting on the agent record nothing more (their threads end with the process)."""
+        a = self.active
+        a.stopping = why
+        busy = [lane for lane in self.lanes if lane.current is not None]
+        for lane in busy:
+            assert lane.current is not None
+            runner.kill_stale(a.ws.exp_dir(lane.current))
+        for _ in busy:  # each returns as soon as its job's processes are gone
+            try:
+                done = self.events.get(timeout=60)
+            except (queue.Empty, KeyboardInterrupt):
+                break
+            if done.lane is not None:
+                done.lane.current = None
+        for exp in a.store.experiments(run_id=a.id):
+            if not is_done(exp) and exp.id is not None:
+                a.store.transition(exp.id, ES.interrupted, reason=one_line(why))
+                a.cleanup(exp.id, exp.branch)
+
+
+def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, worker: Worker
+                  ) -> tuple[dict[int, float], Metrics | None]:
+    return a.measure(worker, exp_id, wt, [seed])
+
+
+def _trial(a: ActiveRun, proposer: Proposer, cand: Candidate, worker: Worker) -> Any:
+    return trial(a, proposer, worker, cand)
