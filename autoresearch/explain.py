@@ -17,7 +17,7 @@ from autoresearch.models import ExperimentStatus
 from autoresearch.store import Experiment
 
 ES = ExperimentStatus
-_FAILED = {ES.rejected, ES.crashed, ES.timeout, ES.invalid, ES.interrupted}
+_FAILED = {ES.rejected, ES.crashed, ES.timeout, ES.invalid, ES.interrupted, ES.superseded}
 
 
 @dataclass(frozen=True)

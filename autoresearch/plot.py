@@ -19,7 +19,7 @@ from autoresearch.models import ExperimentStatus
 from autoresearch.store import Experiment, Run, Store
 
 ES = ExperimentStatus
-FAILED = {ES.rejected, ES.crashed, ES.timeout, ES.invalid, ES.interrupted}
+FAILED = {ES.rejected, ES.crashed, ES.timeout, ES.invalid, ES.interrupted, ES.superseded}
 KEPT_COLOR = "#1a7f37"
 BEST_COLOR = "#0b5cad"
 FAIL_COLOR = "#c62828"

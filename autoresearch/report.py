@@ -62,7 +62,8 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
              "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
              "total_seconds": m.total_seconds, "params": m.params, "error": m.error,
              "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
-             "drift": m.drift, "breakdown": breakdown(m.metrics)}
+             "drift": m.drift, "worker": m.worker, "threads": m.threads,
+             "concurrency": m.concurrency, "breakdown": breakdown(m.metrics)}
             for m in store.measurements(e.id)
         ]
         d["agent_calls"] = [
@@ -135,13 +136,14 @@ def run_dict(store: Store, r: Run) -> dict[str, Any]:
         "champion_experiment": r.champion_experiment_id, "champion_commit": r.champion_commit,
         "cost_usd": known, "calls": n_calls, "calls_with_unknown_cost": unknown,
         "stop_reason": r.stop_reason, "drifted_measurements": store.drifted(r.id),
+        "workers": store.workers(r.id),
     }
 
 
 def runs_table(store: Store, rows: list[Run]) -> Table:
     t = Table(show_edge=False, header_style="bold")
     for col in ("run", "tag", "state", "agent", "budget", "done", "kept", "baseline",
-                "champion", "cost", "drift"):
+                "champion", "cost", "workers", "drift"):
         t.add_column(col)
     for r in rows:
         d = run_dict(store, r)
@@ -151,10 +153,33 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
                   d["budget"], f"{done}/{r.experiments_planned}",
                   str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
                   _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]),
-                  _drift(d["drifted_measurements"]))
+                  _workers(d["workers"]), _drift(d["drifted_measurements"]))
     if not rows:
-        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "", "")
+        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "", "", "")
     return t
+
+
+def _workers(names: list[str]) -> str:
+    """'w0, w1' for the runs table: where its measurements ran."""
+    if not names:
+        return ""
+    return ", ".join(names[:4]) + (f" +{len(names) - 4}" if len(names) > 4 else "")
+
+
+def _where(m: dict[str, Any]) -> str:
+    """'  on w1 (1 thread, 2 jobs at once)' for a measurement line."""
+    if not m["worker"]:
+        return ""
+    bits = []
+    if m["threads"]:
+        bits.append(f"{m['threads']} thread{'s' if m['threads'] > 1 else ''}")
+    if m["concurrency"] > 1:
+        bits.append(f"{m['concurrency']} jobs at once")
+    return f"  on {m['worker']}" + (f" ({', '.join(bits)})" if bits else "")
+
+
+ROLE_LABEL = {"candidate": "", "champion": " champion", "stale": " on older champion",
+              "stale-champion": " older champion"}
 
 
 def _drift(drifted: list[dict[str, int]]) -> str:
@@ -187,14 +212,17 @@ def experiment_text(store: Store, e: Experiment) -> str:
         extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
         versus = (f" (champion {champ_by_seed[m['seed']]:.4f})"
                   if m["seed"] in champ_by_seed and m["role"] == "candidate" else "")
-        who = " champion" if m["role"] == "champion" else ""
+        who = ROLE_LABEL.get(m["role"], f" {m['role']}")
         lines.append(f"  seed {m['seed']}{who}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
                      f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
-                     f"{m['total_seconds']:.1f}s{_speed(m)}{extra}")
+                     f"{m['total_seconds']:.1f}s{_speed(m)}{_where(m)}{extra}")
         if m["drift"]:
             lines.append(f"    ! machine speed: {m['drift']}")
     dec = d["decision"]
-    if dec and e.kind != "baseline":
+    for old in (dec or {}).get("stale") or []:
+        delta = f"Δ {old['delta']:+.4f}" if old.get("delta") is not None else "Δ -"
+        lines.append(f"on older champion #{old['champion']}: {delta}: {old.get('reason', '')}")
+    if dec and e.kind != "baseline" and "evidence" in dec:
         lines.append(f"evidence ({dec.get('verdict') or 'reproduction'}):")
         for k, v in (dec.get("evidence") or {}).items():
             lines.append(f"  {k}: {_short(v)}")

@@ -425,6 +425,14 @@ class Store:
                 q = q.where(Measurement.role == role)
             return [_detach(m) for m in s.exec(q.order_by(col(Measurement.id)))]
 
+    def workers(self, run_id: int) -> list[str]:
+        """The workers (GPUs, Ray nodes) that ran a run's measurements, by name."""
+        with self._tx() as s:
+            q = (select(Measurement.worker).distinct()
+                 .join(Experiment, col(Experiment.id) == col(Measurement.experiment_id))
+                 .where(Experiment.run_id == run_id, Measurement.worker != ""))
+            return sorted(str(w) for w in s.exec(q))
+
     def drifted(self, run_id: int) -> list[dict[str, int]]:
         """A run's measurements whose machine speed was not the champion's: experiment, seed."""
         with self._tx() as s:

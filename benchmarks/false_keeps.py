@@ -27,6 +27,10 @@ and stopped at the first candidate, then the reverse (baseline idle, candidates 
 
     python benchmarks/false_keeps.py [--experiments 20] [--seeds 3] [--drift]
         [--time-budget 2 | --token-budget 65536] [--proposals mixed|text|rng] [--data offline]
+        [--workers 2]
+
+``--workers 2`` runs two experiments at once, each job with half the cores (on this 2-core
+machine: one thread each), proposals pipelined.
 
 Prints one line per loop, e.g. ``false keeps: ours 0/20 (0.0%), naive 9/20 (45.0%)  [...]``;
 progress goes to stderr.
@@ -51,7 +55,7 @@ from rich.console import Console
 
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
-from autoresearch.loop import ResearchLoop
+from autoresearch.loop import begin
 from autoresearch.models import ExperimentStatus, RunStatus
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Store
@@ -158,14 +162,13 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
                               else {"time_budget": args.time_budget})
     settings = Settings.exactly(dict(workspace=ws_dir, agent="mock", script=script,
                                      seeds=args.seeds, device="cpu", dataset=args.data,
-                                     repairs=0, **budget))
+                                     repairs=0, workers=args.workers, pipeline=True, **budget))
     store = Store(settings.db_path)
     errors = Console(stderr=True, quiet=args.quiet)
     t0 = time.monotonic()
     with CpuLoad() as load:
-        loop = ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
-                            Progress(errors, load, scenario))
-        run = loop.start(args.experiments)
+        loop = begin(settings, store, Workspace(ws_dir), MockAgent(script),
+                     Progress(errors, load, scenario), args.experiments)
         run = loop.execute()
     seconds = time.monotonic() - t0
     assert run.id is not None
@@ -199,7 +202,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
             champion = values(exp.id)
     store.close()
     return {"ours": ours, "naive": naive, "measured": measured, "failed": failed,
-            "noise": run.noise_std, "seconds": seconds, "budget": loop.budget.describe(),
+            "noise": run.noise_std, "seconds": seconds, "budget": loop.active.budget.describe(),
             "dataset": run.dataset, "drifted": len(store.drifted(run.id))}
 
 
@@ -218,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drift", action="store_true",
                     help="also run with a CPU-bound load started and stopped at set moments "
                     "(baseline loaded, candidates idle; and the reverse); one line each")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="experiments at once (they split the CPU cores: threads = cores / N)")
     ap.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = ap.parse_args(argv)
     if args.experiments < 1 or args.seeds < 2:
@@ -244,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{SCENARIOS[scenario]}, {r['drifted']} measurements flagged as drift, " \
             if args.drift else ""
         print(f"false keeps: ours {pct(r['ours'])}, naive {pct(r['naive'])}  [{where}"
+              f"{args.workers} worker{'s' if args.workers > 1 else ''}, "
               f"K={args.seeds} seeds, {r['budget']} budget, {DESCRIBE[args.proposals]}, "
               f"baseline noise {noise}, data {Path(r['dataset']).name}, "
               f"{r['seconds']:.0f} s{failed}]", flush=True)

@@ -2,10 +2,10 @@
 
 For each history size (10, 100, 1000, 10000 experiments already in the store) it runs the
 real loop with the mock agent on a trivial source and a token budget, times every experiment
-end to end, subtracts the time spent inside training jobs (runner.measure), and prints one line
-per size: "before" with the context built the old way (every experiment row of the run, with
-its diff, proposal and rationale, read each iteration; kept below as ``full_read_context``),
-"after" with today's ``ResearchLoop.build_context``, on the same store in the same run.
+end to end, subtracts the time spent inside training jobs (its worker's measure), and prints
+one line per size: "before" with the context built the old way (every experiment row of the
+run, with its diff, proposal and rationale, read each iteration; ``full_read_context``),
+"after" with today's ``loop.context.build``, on the same store in the same run.
 Target (issue 12): <= 0.15 s per experiment at 1,000 and at 10,000 experiments.
 
     python benchmarks/loop_overhead.py [--experiments 5] [--sizes 10 100 1000 10000]
@@ -25,9 +25,12 @@ from rich.console import Console
 
 from autoresearch import curves as curves_mod
 from autoresearch import loop as loop_mod
-from autoresearch import runner
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
+from autoresearch.jobs import Job, LocalWorker
+from autoresearch.loop import ActiveRun
+from autoresearch.loop import context as context_mod
+from autoresearch.metrics import Metrics
 from autoresearch.models import Context, ExperimentStatus, HistoryItem, Stats
 from autoresearch.progress import PlainReporter
 from autoresearch.store import AgentCall, Experiment, Store
@@ -67,30 +70,43 @@ def fill_history(store: Store, run_id: int, n: int) -> None:
                             cost_usd=0.0, raw="{}"))
 
 
-def full_read_context(self: loop_mod.ResearchLoop, files: dict[str, str]) -> Context:
+def full_read_context(active: ActiveRun, files: dict[str, str]) -> Context:
     """The context as it was built before issue 12: every experiment of the run read in full."""
-    assert self.run is not None and self.run.id is not None
-    run = self.run
-    exps = self.store.experiments(run_id=run.id)
+    run, store = active.run, active.store
+    exps = store.experiments(run_id=active.id)
     baseline = next((e for e in exps if e.kind == "baseline" and e.val_bpb is not None), None)
     champ = next((e for e in exps if e.id == run.champion_experiment_id), None)
     noise = run.noise_std or 0.0
+    n = len(active.seeds)
     history = [HistoryItem(id=e.id or 0, title=e.title, status=e.status.value, delta=e.delta,
                            reason=e.reason) for e in exps if e.kind == "candidate"]
     last_crash = next((e for e in reversed(exps) if e.status in (
         ExperimentStatus.crashed, ExperimentStatus.timeout, ExperimentStatus.invalid)), None)
     crash_log = None
     if last_crash is not None and last_crash.id is not None:
-        crash_log = loop_mod.log_tail(self.ws.exp_dir(last_crash.id), 3000)
+        crash_log = loop_mod.log_tail(active.ws.exp_dir(last_crash.id), 3000)
     return Context(
-        files=files, budget=self.budget.describe(), device=run.device,
-        baseline=Stats(mean=baseline.val_bpb, std=noise, n=len(self.seeds))
+        files=files, budget=active.budget.describe(), device=run.device,
+        baseline=Stats(mean=baseline.val_bpb, std=noise, n=n)
         if baseline and baseline.val_bpb is not None else None,
-        champion=Stats(mean=champ.val_bpb, std=noise, n=len(self.seeds))
+        champion=Stats(mean=champ.val_bpb, std=noise, n=n)
         if champ and champ.val_bpb is not None else None,
         history=history, last_crash_log=crash_log,
-        curves=curves_mod.context_curves(exps, run.champion_experiment_id, self.ws.exp_dir,
-                                         self.seeds))
+        curves=curves_mod.context_curves(exps, run.champion_experiment_id, active.ws.exp_dir,
+                                         active.seeds))
+
+
+class TimedWorker(LocalWorker):
+    """A local worker that adds up the seconds its jobs took (excluded from the overhead)."""
+
+    training = 0.0
+
+    def measure(self, job: Job) -> Metrics:
+        t0 = time.perf_counter()
+        try:
+            return super().measure(job)
+        finally:
+            self.training += time.perf_counter() - t0
 
 
 def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
@@ -111,44 +127,30 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
                                      token_budget=512, seeds=1, device="cpu",
                                      dataset=str(corpus)))
     store = Store(settings.db_path)
-    lp = loop_mod.ResearchLoop(settings, store, Workspace(ws_dir), MockAgent(script),
-                               Quiet(None, Console(quiet=True)))
-    run = lp.start(size + 2 * experiments)
-    lp.measure_baseline()
-    assert run.id is not None
-    fill_history(store, run.id, size)
-
-    training = 0.0
-    real_measure = runner.measure
-
-    def timed_measure(**kw: Any) -> Any:
-        nonlocal training
-        t0 = time.perf_counter()
-        try:
-            return real_measure(**kw)
-        finally:
-            training += time.perf_counter() - t0
+    ws = Workspace(ws_dir)
+    worker = TimedWorker("w0", ws.experiments_dir)
+    lp = loop_mod.begin(settings, store, ws, MockAgent(script),
+                        Quiet(None, Console(quiet=True)), size, workers=[worker])
+    fill_history(store, lp.active.id, size)
+    lp.execute()  # the baseline; the filled history already spends the budget
 
     def overhead() -> float:
-        nonlocal training
-        training = 0.0
+        lp.active.update(experiments_planned=lp.run.experiments_planned + experiments)
+        worker.training = 0.0
         t0 = time.perf_counter()
-        for _ in range(experiments):
-            lp.iteration()
-        return (time.perf_counter() - t0 - training) / experiments
+        lp.execute()
+        return (time.perf_counter() - t0 - worker.training) / experiments
 
-    loop_mod.runner.measure = timed_measure
-    new_context = loop_mod.ResearchLoop.build_context
+    new_context = context_mod.build
     try:
-        loop_mod.ResearchLoop.build_context = full_read_context  # type: ignore[method-assign]
+        context_mod.build = full_read_context
         before = overhead()
-        loop_mod.ResearchLoop.build_context = new_context  # type: ignore[method-assign]
+        context_mod.build = new_context
         after = overhead()
     finally:
-        loop_mod.runner.measure = real_measure
-        loop_mod.ResearchLoop.build_context = new_context  # type: ignore[method-assign]
+        context_mod.build = new_context
     store.close()
-    return before, after, training / experiments
+    return before, after, worker.training / experiments
 
 
 def main() -> None:

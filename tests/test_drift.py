@@ -21,7 +21,8 @@ from autoresearch import speed
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.decide import Reproduction
-from autoresearch.loop import ResearchLoop
+from autoresearch.loop import begin
+from autoresearch.loop.replay import machine_note
 from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus as ES
 from autoresearch.models import RunStatus
@@ -72,8 +73,7 @@ def run_loop(tmp: Path, budget: dict[str, Any]) -> tuple[Store, LoadedBaseline, 
     store = Store(settings.db_path)
     with CpuLoad() as load:
         reporter = LoadedBaseline(load)
-        loop = ResearchLoop(settings, store, Workspace(ws), MockAgent(script), reporter)
-        run = loop.start(2)
+        loop = begin(settings, store, Workspace(ws), MockAgent(script), reporter, 2)
         load.start()
         run = loop.execute()
     assert run.id is not None
@@ -161,9 +161,8 @@ def test_a_champion_that_fails_its_re_measurement_leaves_the_candidate_discarded
                                      device="cpu", dataset=str(bigram_corpus(tmp_path / "c.txt")),
                                      repairs=0, time_budget=1.0))
     store = Store(settings.db_path)
-    loop = ResearchLoop(settings, store, Workspace(ws), MockAgent(script),
-                        PlainReporter(None, Console(quiet=True)))
-    loop.start(1)
+    loop = begin(settings, store, Workspace(ws), MockAgent(script),
+                 PlainReporter(None, Console(quiet=True)), 1)
     run = loop.execute()
     exp = next(e for e in store.experiments(run_id=run.id) if e.kind == "candidate")
     assert exp.status == ES.discarded
@@ -210,15 +209,10 @@ def test_a_replay_that_differs_on_a_faster_machine_says_it_is_the_machine(
         ids.append(e.id)
         store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=3.0),
                               speed=gflops)
-    ws = tmp_path / "ws"
-    init_workspace(ws)
-    loop = ResearchLoop(Settings.exactly({"workspace": ws}), store, Workspace(ws), MockAgent(None),
-                        PlainReporter(None, Console(quiet=True)))
-    loop.run = store.get_run(run.id)
     differs = Reproduction(reproduces=False, reason="differs: Δ -0.5")
-    note = loop._machine_note(differs, ids[0], ids[1])
+    note = machine_note(store, differs, ids[0], ids[1])
     assert "2.50x faster" in note.reason and "the machine's, not the code's" in note.reason
-    same_speed = loop._machine_note(differs, ids[0], ids[0])
+    same_speed = machine_note(store, differs, ids[0], ids[0])
     assert same_speed.reason == "differs: Δ -0.5"
 
 

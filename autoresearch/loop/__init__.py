@@ -21,17 +21,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from autoresearch import runner
+from autoresearch.agents.base import Agent
 from autoresearch.config import Settings
 from autoresearch.jobs import Worker, cpu_cores, local_workers
 from autoresearch.loop.active import ActiveRun, LoopStopped, Reporter, reopen, resume, start
 from autoresearch.loop.context import HISTORY_RECENT, log_tail
 from autoresearch.loop.replay import replay
 from autoresearch.loop.scheduler import BaselineFailed, ResearchLoop
+from autoresearch.store import Store
+from autoresearch.workspace import Workspace
 
 __all__ = [
     "HISTORY_RECENT", "ActiveRun", "BaselineFailed", "LoopStopped", "Reporter", "ResearchLoop",
-    "cpu_cores", "log_tail", "make_workers", "reopen", "replay", "resume", "start",
+    "begin", "cpu_cores", "log_tail", "make_workers", "reopen", "replay", "resume", "start",
 ]
+
+
+def begin(settings: Settings, store: Store, ws: Workspace, agent: Agent, reporter: Reporter,
+          experiments: int, workers: list[Worker] | None = None) -> ResearchLoop:
+    """A new run, ready to ``execute``: on ``workers`` (default: what the settings ask for)."""
+    pool = workers if workers is not None else make_workers(
+        settings, runner.resolve_device(settings.device), ws.experiments_dir)
+    active = start(settings, store, ws, reporter, agent=agent.name, model=agent.model,
+                   experiments=experiments, workers=pool)
+    return ResearchLoop(active, agent, pool)
 
 
 def make_workers(settings: Settings, device: str, folder: Path) -> list[Worker]:

@@ -14,7 +14,7 @@ from autoresearch.errors import UsageError, one_line
 from autoresearch.jobs import Worker
 from autoresearch.loop.active import ActiveRun
 from autoresearch.models import ExperimentStatus
-from autoresearch.store import Experiment
+from autoresearch.store import Experiment, Store
 
 ES = ExperimentStatus
 
@@ -70,7 +70,7 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
         return result
     check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
     if not check.reproduces and a.budget.kind == "time":
-        check = _machine_note(a, check, exp.id, new.id)
+        check = machine_note(a.store, check, exp.id, new.id)
     mean = statistics.fmean(values.values())
     a.store.transition(new.id, ES.measured, val_bpb=mean, reason=check.reason,
                        decision=check.model_dump_json(), seconds=a.seconds(new.id),
@@ -80,11 +80,11 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     return result
 
 
-def _machine_note(a: ActiveRun, check: Reproduction, original: int, replay: int
-                  ) -> Reproduction:
+def machine_note(store: Store, check: Reproduction, original: int, replay: int
+                 ) -> Reproduction:
     """A replay that differs under a wall-clock budget: was it the machine?"""
     def speeds(exp_id: int) -> list[float]:
-        return [m.speed for m in a.store.measurements(exp_id, role="candidate")
+        return [m.speed for m in store.measurements(exp_id, role="candidate")
                 if m.speed is not None]
 
     before, now = speeds(original), speeds(replay)

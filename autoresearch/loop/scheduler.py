@@ -3,7 +3,8 @@
 One thread per worker runs experiments' measure, judge and record steps (the worker's warm
 processes are started from that thread and live with it). Proposals (ask, check, apply) run
 in threads of their own while workers train: at most one waits per worker (``pipeline``), or
-none while anything trains (``pipeline=False``: the sequential loop). The main thread only
+one is asked for only when a worker is free (``pipeline=False``; with one worker, the
+sequential loop). The main thread only
 hands out work and reacts to what finished; the run's budget is exact because an ask starts
 only while the experiments recorded plus the asks still open stay within it.
 """
@@ -204,7 +205,9 @@ class ResearchLoop:
                 free.pop(0).give(functools.partial(_trial, a, self.proposer, cand), cand.exp_id)
                 running += 1
             waiting = asks + len(ready)
-            want = len(self.lanes) if pipelined else (0 if running else 1)
+            # pipelined: one proposal ready (or being asked for) per worker, busy or not;
+            # else only for the workers that are free now
+            want = len(self.lanes) if pipelined else len(free)
             while (stop is None and not exhausted and waiting < want
                    and a.store.count_candidates(a.id) + asks < planned):
                 self._ask()
