@@ -130,6 +130,8 @@ def _openai_body(reply: Reply, model: str) -> dict[str, Any]:
 class FakeLLMServer:
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was answering at once
         self._queue: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -221,6 +223,15 @@ class FakeLLMServer:
                 )
                 with server._lock:
                     server.requests.append(request)
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self._answer(request)
+                finally:
+                    with server._lock:
+                        server.in_flight -= 1
+
+            def _answer(self, request: Request) -> None:
                 if self.path.rstrip("/") == ANTHROPIC_PATH:
                     make = _anthropic_body
                 elif self.path.rstrip("/") == OPENAI_PATH:

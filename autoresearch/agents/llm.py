@@ -12,6 +12,7 @@ Keys come only from the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY). A custo
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -63,6 +64,9 @@ class LLMAgent:
     """Shared logic: render prompts, call with retries, record every attempt."""
 
     name = "llm"
+    # the SDK clients are thread-safe and every call is independent: the loop may have
+    # several in flight (one per worker) within the cost cap
+    concurrent = True
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class LLMAgent:
         self.max_backoff = max_backoff
         self._sleep = sleep
         self._client: Any = None
+        self._client_lock = threading.Lock()
         self.api_key = self._api_key()
 
     def _api_key(self) -> str:
@@ -128,9 +133,10 @@ class LLMAgent:
 
     @property
     def client(self) -> Any:
-        if self._client is None:
-            self._client = self._make_client()
-        return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
 
     def propose(self, context: Context) -> Answer:
         directory = self.prompts_dir

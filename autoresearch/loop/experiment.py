@@ -19,7 +19,7 @@ from typing import Any
 
 from autoresearch import decide as decide_mod
 from autoresearch import edits, guard
-from autoresearch.agents.base import Agent, AgentError, AgentFatal, Answer
+from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.decide import Decision
 from autoresearch.errors import UsageError, one_line
 from autoresearch.jobs import Worker
@@ -222,6 +222,8 @@ class Proposer:
         (AgentFatal and LoopStopped propagate)."""
         try:
             answer = self.ask(context)
+        except AgentExhausted as e:  # a scripted agent ran out in the middle of a repair
+            raise Rejected(str(e), f"the agent had nothing more to propose: {e}") from e
         except AgentError as e:
             self.record_calls(exp_id, e.calls, attempt=attempt)
             if isinstance(e, AgentFatal):
@@ -330,7 +332,14 @@ class Proposer:
                     "previous_answer": cand.proposal.model_dump_json(indent=1),
                 })
                 answer = self.answer(context, exp_id, attempt=-1)
-                proposal, files = self.usable(exp_id, context, base, answer, repairs=0)
+                try:
+                    proposal, files = self.usable(exp_id, context, base, answer, repairs=0)
+                except Rejected:
+                    # the experiment stays what was measured: not the port that failed
+                    a.store.update_experiment(exp_id, title=cand.proposal.title[:200],
+                                              rationale=cand.proposal.rationale,
+                                              proposal=cand.proposal.model_dump_json())
+                    raise
                 cand = Candidate(exp_id, cand.seq, proposal, files, cand.parent_commit,
                                  cand.parent_id, cand.commit, cand.branch, cand.wt)
                 how = "ported by the agent"
