@@ -136,16 +136,24 @@ class Proposer:
         recorded rejection (it used up its slot of the budget). Raises AgentExhausted,
         AgentFatal and LoopStopped (nothing recorded for the slot)."""
         a = self.active
-        parent_commit, parent_id = a.champion()
-        champion_files = a.ws.read_files(parent_commit)
-        context = context_mod.build(a, champion_files)
+
+        def view() -> tuple[str, int, dict[str, str], Context]:
+            commit, champion_id = a.champion()
+            files = a.ws.read_files(commit)
+            return commit, champion_id, files, context_mod.build(a, files)
+
         if self.redo:
             old_id, redo = self.redo.pop(0)
+            parent_commit, parent_id, champion_files, context = view()
             answer = Answer(proposal=redo.model_copy(
                 update={"rationale": f"(redo of interrupted #{old_id}) {redo.rationale}"}))
         else:
+            self._enter_call()
             try:
-                answer = self.ask(context)
+                # the champion and history as they are when the call starts: with calls one
+                # at a time, an ask that waited its turn sees what the others proposed
+                parent_commit, parent_id, champion_files, context = view()
+                answer = self.agent.propose(context)
             except AgentFatal as e:
                 self.record_calls(None, e.calls, attempt=0)
                 raise
@@ -156,6 +164,8 @@ class Proposer:
                 a.store.transition(exp.id, ES.rejected, reason=f"agent failed: {one_line(str(e))}")
                 self._finished(exp.id)
                 return None
+            finally:
+                self._leave_call()
         exp = self._row(parent_commit, parent_id, "(no usable proposal)")
         assert exp.id is not None
         exp_id = exp.id
