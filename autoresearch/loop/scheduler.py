@@ -143,14 +143,16 @@ class ResearchLoop:
         failed: Metrics | None = None
         values: dict[int, float] = {}
         try:
-            while pending or busy:
+            while True:
+                if failed is not None:
+                    pending.clear()  # the seeds not started yet are not measured
                 for lane in self.lanes:
-                    if pending and lane.current is None and failed is None:
+                    if pending and lane.current is None:
                         seed = pending.pop(0)
                         lane.give(functools.partial(_measure_seed, a, exp_id, wt, seed), exp_id)
                         busy += 1
-                if failed is not None:
-                    pending.clear()
+                if not busy:
+                    break
                 done = self._next_event()
                 assert done.lane is not None
                 done.lane.current = None
