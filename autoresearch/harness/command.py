@@ -105,10 +105,10 @@ def exit_now(code: int) -> None:
 
 
 def _prewarm(phase: str) -> None:
-    """Import (and run once on a dummy tensor) what a phase would otherwise load lazily on
-    the device's time: torch's optimizers and torch._dynamo (the first optimizer step imports
-    it), torch.export. Trusted code only, before any job exists; seeds are set after the job
-    arrives, so nothing here changes a result."""
+    """Import (and run once on dummy tensors) what a phase would otherwise load lazily on the
+    device's time: torch's optimizers and torch._dynamo (the first optimizer step imports it),
+    torch.export (one export of a small trusted model). Trusted code only, before any job
+    exists; seeds are set after the job arrives, so nothing here changes a result."""
     import torch
 
     if phase == "train":
@@ -116,10 +116,12 @@ def _prewarm(phase: str) -> None:
         import torch.export
 
         import autoresearch.harness.train
+        from autoresearch.harness.export import prewarm
 
         weight = torch.nn.Parameter(torch.zeros(4))
         weight.grad = torch.ones(4)
         torch.optim.AdamW([weight]).step()
+        prewarm()  # the first torch.export's one-time cost
     else:
         import autoresearch.data
         import autoresearch.harness.evaluate  # noqa: F401
