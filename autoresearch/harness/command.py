@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.wait_for_job is not None:
         phase = args.phase
+        if not _die_with(args.wait_for_job):
+            return 0  # the runner is already gone
         _prewarm(phase)
         ready = time.monotonic()
         job = await_job(args.wait_for_job, args.wait_seconds)
@@ -127,11 +129,17 @@ def _prewarm(phase: str) -> None:
         import autoresearch.harness.evaluate  # noqa: F401
 
 
-def await_job(parent: int, wait: float) -> list[str] | None:
-    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
-    stdin closed, or the runner gone. Dies with the runner from here on (Linux)."""
+def _die_with(parent: int) -> bool:
+    """From here on, die with the runner (Linux), also while still importing; False if the
+    runner is already gone."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent
+
+
+def await_job(parent: int, wait: float) -> list[str] | None:
+    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
+    stdin closed, or the runner gone."""
     deadline = time.monotonic() + wait
     line = b""
     while b"\n" not in line:
