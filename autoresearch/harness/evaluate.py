@@ -136,9 +136,9 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
     # start importing torch, another job), threads that meet after every operator spend most
     # of their time waiting for one another (tiny model: 0.27 s alone, 2-6 s so). The same
     # windows, graph and probe; losses are added in batch order.
-    workers = torch.get_num_threads() if device == "cpu" else 1
-    if workers > 1:
-        torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    workers = threads if device == "cpu" else 1
+    torch.set_num_threads(1 if workers > 1 else threads)
     with ThreadPoolExecutor(workers) as pool:
         try:
             losses = pool.map(loss_of, range(len(batches)))
@@ -154,6 +154,8 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+        finally:
+            torch.set_num_threads(threads)
     tokens = len(batches) * batch * seq_len
     val_loss = total / tokens
     if not math.isfinite(val_loss):
