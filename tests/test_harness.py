@@ -155,6 +155,29 @@ def test_tiny_model_is_scored_on_the_fixed_windows(
     assert 10_000 < report.params < 100_000  # the tiny model's parameters, from the artifact
 
 
+def test_batches_side_by_side_score_what_one_at_a_time_would(
+    train_phase: TrainFn, prepared_data: PreparedData,
+) -> None:
+    _, _, artifact = train_phase("tiny")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # two workers, one thread each
+        report = evaluation.evaluate(artifact, prepared_data.path, "cpu", 256)
+        assert torch.get_num_threads() == 2  # given back
+        torch.set_num_threads(1)  # one batch after another, as the evaluation once ran
+        batch, tokens = harness.eval_plan("cpu")
+        val = evaluation.load_val(prepared_data.path, None)
+        model = export.GraphModel(artifact, "cpu")
+        total = 0.0
+        with torch.inference_mode():
+            for x, y in evaluation.eval_windows(val, batch, 256, tokens):
+                total += float(torch.nn.functional.cross_entropy(
+                    model(x).float().flatten(0, 1), y.flatten(), reduction="sum"))
+    finally:
+        torch.set_num_threads(threads)
+    assert report.val_loss == total / report.eval_tokens
+
+
 @pytest.mark.parametrize(("source", "status", "reason"), [
     ("wrong_shape", RunStatus.invalid_model, "returned (8, 1, 256)"),
     ("nan_logits", RunStatus.nan, "not finite"),

@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.wait_for_job is not None:
         phase = args.phase
+        if not _die_with(args.wait_for_job):
+            return 0  # the runner is already gone
         _prewarm(phase)
         ready = time.monotonic()
         job = await_job(args.wait_for_job, args.wait_seconds)
@@ -105,10 +107,10 @@ def exit_now(code: int) -> None:
 
 
 def _prewarm(phase: str) -> None:
-    """Import (and run once on a dummy tensor) what a phase would otherwise load lazily on
-    the device's time: torch's optimizers and torch._dynamo (the first optimizer step imports
-    it), torch.export. Trusted code only, before any job exists; seeds are set after the job
-    arrives, so nothing here changes a result."""
+    """Import (and run once on dummy tensors) what a phase would otherwise load lazily on the
+    device's time: torch's optimizers and torch._dynamo (the first optimizer step imports it),
+    torch.export (one export of a small trusted model). Trusted code only, before any job
+    exists; seeds are set after the job arrives, so nothing here changes a result."""
     import torch
 
     if phase == "train":
@@ -116,20 +118,28 @@ def _prewarm(phase: str) -> None:
         import torch.export
 
         import autoresearch.harness.train
+        from autoresearch.harness.export import prewarm
 
         weight = torch.nn.Parameter(torch.zeros(4))
         weight.grad = torch.ones(4)
         torch.optim.AdamW([weight]).step()
+        prewarm()  # the first torch.export's one-time cost
     else:
         import autoresearch.data
         import autoresearch.harness.evaluate  # noqa: F401
 
 
-def await_job(parent: int, wait: float) -> list[str] | None:
-    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
-    stdin closed, or the runner gone. Dies with the runner from here on (Linux)."""
+def _die_with(parent: int) -> bool:
+    """From here on, die with the runner (Linux), also while still importing; False if the
+    runner is already gone."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return os.getppid() == parent
+
+
+def await_job(parent: int, wait: float) -> list[str] | None:
+    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
+    stdin closed, or the runner gone."""
     deadline = time.monotonic() + wait
     line = b""
     while b"\n" not in line:
