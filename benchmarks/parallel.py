@@ -114,7 +114,8 @@ def run(label: str, tmp: Path, args: argparse.Namespace, workers: int, pipeline:
     init_workspace(ws_dir)
     (ws_dir / "baseline" / "train.py").write_text(SOURCE, encoding="utf-8")
     script = ws_dir.parent / f"{ws_dir.name}.json"
-    script.write_text(json.dumps(proposals(args.experiments)), encoding="utf-8")
+    # more entries than experiments: a winner ported onto a moved champion may ask again
+    script.write_text(json.dumps(proposals(3 * args.experiments)), encoding="utf-8")
     settings = Settings.exactly(dict(
         workspace=ws_dir, agent="mock", script=script, token_budget=args.tokens,
         seeds=args.seeds, device="cpu", dataset=args.data, repairs=0, workers=workers,
