@@ -61,8 +61,10 @@ class LocalWorker:
     def measure(self, job: Job) -> Metrics:
         if self._slot is None:
             self._slot = runner.Slot(self.folder)
+        # a worker's processes see only its GPU, as their device 0
+        device = "cuda" if self.gpu is not None and job.device.startswith("cuda") else job.device
         m = runner.measure(source=job.source, data=job.data, budget=job.budget, seed=job.seed,
-                           device=job.device, out_dir=job.out_dir, setup_cap=job.setup_cap,
+                           device=device, out_dir=job.out_dir, setup_cap=job.setup_cap,
                            timeout=job.timeout, gpu=self.gpu, sandbox=job.sandbox,
                            expect_sha256=job.expect_sha256, slot=self._slot,
                            threads=self.threads)
