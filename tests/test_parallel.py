@@ -31,7 +31,8 @@ from autoresearch.agents.llm import OpenAIAgent
 from autoresearch.agents.mock import MockAgent
 from autoresearch.cli import app
 from autoresearch.config import Settings
-from autoresearch.jobs import Job
+from autoresearch.integrity import child_env
+from autoresearch.jobs import Job, cpu_cores, local_workers
 from autoresearch.loop import LoopStopped, begin
 from autoresearch.metrics import Metrics
 from autoresearch.models import Context, RunStatus
@@ -382,3 +383,15 @@ def test_bad_worker_settings_are_one_line_exit_2_and_record_nothing(
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
     if (ws / "results.db").exists():
         assert Store(ws / "results.db").runs() == []
+
+
+def test_workers_split_gpus_one_each_and_cpu_cores_by_threads(tmp_path: Path) -> None:
+    gpus = local_workers(tmp_path, "cuda", None, "0,3")
+    assert [(w.name, w.gpu, w.threads) for w in gpus] == [("w0 gpu 0", "0", None),
+                                                          ("w1 gpu 3", "3", None)]
+    # each job's processes see only their worker's GPU, and the threads they were given
+    env = child_env(gpus[1].gpu, threads=2)
+    assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["OMP_NUM_THREADS"] == "2"
+    cpus = local_workers(tmp_path, "cpu", 2, None)
+    assert [w.threads for w in cpus] == [cpu_cores() // 2] * 2
+    assert [w.name for w in local_workers(tmp_path, "cpu", None, None)] == ["w0"]
