@@ -12,6 +12,18 @@ import os
 import subprocess
 import sys
 
+# a busy loop that ends with the process that started it, even one killed without cleanup
+# (Linux: PR_SET_PDEATHSIG; elsewhere the loop only checks that its parent is still there)
+_BUSY = ("import ctypes, os, signal, sys\n"
+         "parent = os.getppid()\n"
+         "if sys.platform == 'linux':\n"
+         "    ctypes.CDLL(None).prctl(1, signal.SIGKILL)\n"
+         "n = 0\n"
+         "while True:\n"
+         "    n += 1\n"
+         "    if n % 10_000_000 == 0 and os.getppid() != parent:\n"
+         "        break\n")
+
 
 class CpuLoad:
     """``processes`` busy loops (default: two per core), started by ``start``, ended by ``stop``."""
@@ -29,7 +41,7 @@ class CpuLoad:
             return
         for _ in range(self.processes):
             self._procs.append(subprocess.Popen(
-                [sys.executable, "-c", "while True: pass"], start_new_session=True,
+                [sys.executable, "-c", _BUSY], start_new_session=True,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
 
     def stop(self) -> None:
