@@ -1,0 +1,280 @@
+"""The Ray backend on a real local Ray head: jobs measured on a node exactly as locally, a hung
+task cancelled at its deadline, a dead worker recorded as a crash, bad clusters refused."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import SOURCES, generated_text
+
+from autoresearch import runner
+from autoresearch.data import PreparedData
+from autoresearch.errors import UsageError
+from autoresearch.jobs import Job
+from autoresearch.metrics import Budget, Metrics
+from autoresearch.models import RunStatus
+from autoresearch.ray_backend import RAY_SLACK, RayWorker, hard_deadline, ray_workers
+
+TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source
+SLEEPER = "import time\n\n\ndef train(run):\n    while True:\n        time.sleep(1)\n"
+
+
+@dataclass
+class Head:
+    address: str
+    cache: Path  # the node's AUTORESEARCH_CACHE: datasets and jobs live under cache/ray
+
+
+def _free_port() -> int:
+    # an ephemeral port: outside the range Ray keeps for its workers (10002-19999)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, ppid, pgrp, session, ..."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text.rsplit(")", 1)[1].split()
+
+
+def _pids(where: Callable[[int], bool]) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if _proc_stat(int(entry.name))[0] != "Z" and where(int(entry.name)):
+                    found.append(int(entry.name))
+            except (OSError, IndexError):
+                pass  # it ended meanwhile
+    return found
+
+
+def _in_session(sid: int) -> Callable[[int], bool]:
+    return lambda pid: int(_proc_stat(pid)[3]) == sid
+
+
+def _in_group(pgid: int) -> Callable[[int], bool]:
+    return lambda pid: int(_proc_stat(pid)[2]) == pgid
+
+
+def _naming(text: str) -> Callable[[int], bool]:
+    return lambda pid: text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+def _wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.1)
+    return got
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    """A Ray head on 127.0.0.1 with 2 CPUs, in a session of its own, ended at the end of the
+    module by killing that session (``ray stop`` would end every Ray on this machine)."""
+    cache = tmp_path_factory.mktemp("ray-node-cache")
+    temp = Path(tempfile.mkdtemp(prefix="ar-ray-"))  # short: Ray's sockets live under it
+    port = _free_port()
+    ray = Path(sys.executable).with_name("ray")
+    start = subprocess.Popen(
+        [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
+         "--temp-dir", str(temp), "--dashboard-agent-listen-port", str(_free_port())],
+        env={**os.environ, "AUTORESEARCH_CACHE": str(cache)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        out, _ = start.communicate(timeout=120)
+        assert start.returncode == 0, out.decode(errors="replace")[-2000:]
+        yield Head(f"127.0.0.1:{port}", cache)
+    finally:
+        for pid in _pids(_in_session(start.pid)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _wait_for("the Ray head's processes to end", lambda: not _pids(_in_session(start.pid)))
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def workers(head: Head, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RayWorker]]:
+    pool = ray_workers(head.address, 2, device="cpu", threads=1,
+                       folder=tmp_path_factory.mktemp("experiments"))
+    try:
+        yield pool
+    finally:
+        for w in pool:
+            w.close()
+        # every job's processes (their command lines name the node's job folders) are gone
+        _wait_for("the jobs' processes to end", lambda: not _pids(_naming(str(head.cache))))
+
+
+def _job(source: Path, data: PreparedData, out: Path, sha256: str | None = None) -> Job:
+    return Job(source=source, data=data.path, budget=TOKENS, seed=0, device="cpu", out_dir=out,
+               expect_sha256=sha256 or data.sha256)
+
+
+def _node_ip() -> str:
+    import ray
+
+    return str(ray.nodes()[0]["NodeManagerAddress"])
+
+
+def test_a_dataset_with_another_sha256_is_refused_before_training(
+    workers: list[RayWorker], make_dataset: Callable[..., PreparedData],
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    other = make_dataset(generated_text(seed=1), "other")
+    job = _job(SOURCES / "tiny", other, tmp_path, sha256=prepared_data.sha256)
+    m = workers[0].measure(job)
+    assert m.status == RunStatus.crash and m.val_bpb is None
+    assert m.error is not None and "not the run's" in m.error
+    assert (m.steps, m.train_tokens, m.train_seconds) == (0, 0, 0.0)
+    assert not (tmp_path / "run.log").exists()  # no process was started
+    assert Metrics.read(tmp_path / "metrics.json") == m
+
+
+def test_a_node_with_other_code_is_refused(
+    workers: list[RayWorker], prepared_data: PreparedData, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(workers[0].cluster, "code_sha256", "0" * 64)
+    m = workers[0].measure(_job(SOURCES / "tiny", prepared_data, tmp_path))
+    assert m.status == RunStatus.crash and m.steps == 0
+    assert m.error is not None and "runs other autoresearch code" in m.error
+
+
+def test_a_hung_task_is_cancelled_at_its_deadline(
+    workers: list[RayWorker], head: Head, prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    source = tmp_path / "sleeper"
+    source.mkdir()
+    (source / "train.py").write_text(SLEEPER)
+    worker = workers[1]
+    worker.deadline = 5.0  # the runner's own deadline (600 s for a token budget) is far off
+    started: queue.Queue[tuple[str, int]] = queue.Queue()
+    worker.on_start = lambda node, pid: started.put((node, pid))
+    try:
+        t0 = time.monotonic()
+        m = worker.measure(_job(source, prepared_data, tmp_path / "out"))
+        took = time.monotonic() - t0
+    finally:
+        worker.deadline, worker.on_start = None, None
+    assert m.status == RunStatus.timeout and m.val_bpb is None
+    assert m.error is not None and m.error.startswith(
+        f"cancelled at the hard deadline: the Ray task on node {_node_ip()} ran past 5 s")
+    assert 5.0 <= took < 5.0 + 60.0
+    assert "[ray] timeout: cancelled" in (tmp_path / "out" / "run.log").read_text()
+    _, pid = started.get_nowait()
+    _wait_for("the cancelled task's worker to end", lambda: not _pids(lambda p: p == pid))
+    _wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
+
+
+def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
+    workers: list[RayWorker], head: Head, prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    worker = workers[0]
+    started: queue.Queue[tuple[str, int]] = queue.Queue()
+    worker.on_start = lambda node, pid: started.put((node, pid))
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(worker.measure, _job(SOURCES / "hang", prepared_data, tmp_path / "hung"))
+    node, pid = started.get(timeout=120)
+    try:
+        # mid-train(): the training process (its pid names its group) and its child
+        pid_file = _wait_for("the training process", lambda: next(
+            (head.cache / "ray" / "jobs").glob(f"*/out/{runner.PID_FILE}"), None), 120)
+        group = int(Path(str(pid_file)).read_text())
+        _wait_for("train() to start its child", lambda: len(_pids(_in_group(group))) >= 2, 120)
+    finally:
+        worker.on_start = None
+        os.kill(pid, signal.SIGKILL)  # also when a wait above failed: the job must end
+        m = future.result(timeout=120)
+        pool.shutdown()
+    assert m.status == RunStatus.crash and m.val_bpb is None
+    assert m.error is not None and m.error.startswith(f"ray node {node} died: ")
+    assert m.worker == f"ray {node}"
+    # the reaper ended the training process group, child included, and removed the job folder
+    _wait_for("the job's process group to end", lambda: not _pids(_in_group(group)))
+    _wait_for("the job's folder to go", lambda: not any((head.cache / "ray" / "jobs").iterdir()))
+
+    # the same worker's next job runs on the node as it would here, and its files come back
+    out = tmp_path / "again"
+    m = worker.measure(_job(SOURCES / "tiny", prepared_data, out))
+    assert m.status == RunStatus.ok, m.error
+    assert m.val_bpb is not None and m.causal_ok is True and m.steps == 30
+    assert m.worker == f"ray {node}" == f"ray {_node_ip()}"  # Ray's name for 127.0.0.1
+    assert m.threads == 1 and m.sandbox == runner.sandbox_state(True)  # fenced on the node
+    assert (m.dataset, m.dataset_sha256) == (prepared_data.name, prepared_data.sha256)
+    assert Metrics.read(out / "metrics.json") == m
+    log = (out / "run.log").read_text()
+    assert "--phase train" in log and "== ok: val_bpb" in log
+    assert (out / "curve.jsonl").is_file()
+    # the dataset is cached on the node by its sha256; the job's own folder is gone
+    assert (head.cache / "ray" / "datasets" / prepared_data.sha256 / "val.bin").is_file()
+    assert list((head.cache / "ray" / "jobs").iterdir()) == []
+
+
+def test_an_address_that_does_not_answer_is_a_usage_error_in_seconds(tmp_path: Path) -> None:
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(UsageError, match=rf"no Ray cluster answers at 127\.0\.0\.1:{port}: "
+                                         r".*start one with `ray start --head`"):
+        ray_workers(f"127.0.0.1:{port}", 1, device="cpu", threads=None, folder=tmp_path)
+    assert time.monotonic() - t0 < 15.0
+
+
+def test_a_port_that_is_not_ray_is_a_usage_error(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.settimeout(30)
+        port = server.getsockname()[1]
+        with ThreadPoolExecutor(1) as pool:
+            # a server that answers in plain text, like a web server would
+            pool.submit(lambda: server.accept()[0].sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n"))
+            with pytest.raises(UsageError, match="does not speak Ray's protocol"):
+                ray_workers(f"127.0.0.1:{port}", 1, device="cpu", threads=None,
+                            folder=tmp_path)
+
+
+def test_a_cluster_without_room_for_the_jobs_is_a_usage_error(
+    workers: list[RayWorker], head: Head, tmp_path: Path,
+) -> None:
+    with pytest.raises(UsageError, match=r"has no node with 1 GPU and 1 CPU for one job \(it "
+                                         r"has 1 node, 2 CPUs, 0 GPUs\)"):
+        ray_workers(head.address, 1, device="cuda", threads=None, folder=tmp_path)
+    with pytest.raises(UsageError, match=r"--workers 3 needs room for 3 jobs at once, but "
+                                         r".* has room for 2 \(1 CPU each"):
+        ray_workers(head.address, 3, device="cpu", threads=1, folder=tmp_path)
+
+
+def test_without_ray_installed_the_error_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(UsageError, match=r"pip install 'autoresearch\[ray\]'"):
+        ray_workers("127.0.0.1:6379", 1, device="cpu", threads=None, folder=tmp_path)
+
+
+def test_the_hard_deadline_is_past_everything_the_runner_allows(tmp_path: Path) -> None:
+    timed = Job(source=tmp_path, data=tmp_path, budget=Budget(kind="time", amount=20), seed=0,
+                device="cpu", out_dir=tmp_path)
+    own = runner._train_deadline(timed.budget, timed.setup_cap)
+    assert hard_deadline(timed) == own + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
+    short = Job(**{**timed.__dict__, "timeout": 3.0})
+    assert hard_deadline(short) == 3.0 + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
