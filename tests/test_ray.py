@@ -3,15 +3,11 @@ task cancelled at its deadline, a dead worker recorded as a crash, bad clusters 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +24,7 @@ from autoresearch.jobs import Job
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import RunStatus
 from autoresearch.ray_backend import RAY_SLACK, RayWorker, hard_deadline, ray_workers
+from benchmarks.ray_overhead import free_port, local_head
 
 TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source
 SLEEPER = "import time\n\n\ndef train(run):\n    while True:\n        time.sleep(1)\n"
@@ -37,13 +34,6 @@ SLEEPER = "import time\n\n\ndef train(run):\n    while True:\n        time.sleep
 class Head:
     address: str
     cache: Path  # the node's AUTORESEARCH_CACHE: datasets and jobs live under cache/ray
-
-
-def _free_port() -> int:
-    # an ephemeral port: outside the range Ray keeps for its workers (10002-19999)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _proc_stat(pid: int) -> list[str]:
@@ -62,10 +52,6 @@ def _pids(where: Callable[[int], bool]) -> list[int]:
             except (OSError, IndexError):
                 pass  # it ended meanwhile
     return found
-
-
-def _in_session(sid: int) -> Callable[[int], bool]:
-    return lambda pid: int(_proc_stat(pid)[3]) == sid
 
 
 def _in_group(pgid: int) -> Callable[[int], bool]:
@@ -87,28 +73,11 @@ def _wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
-    """A Ray head on 127.0.0.1 with 2 CPUs, in a session of its own, ended at the end of the
-    module by killing that session (``ray stop`` would end every Ray on this machine)."""
+    """A Ray head on 127.0.0.1 with 2 CPUs, in a session of its own that is ended (every
+    process of it, or the teardown fails) at the end of the module."""
     cache = tmp_path_factory.mktemp("ray-node-cache")
-    temp = Path(tempfile.mkdtemp(prefix="ar-ray-"))  # short: Ray's sockets live under it
-    port = _free_port()
-    ray = Path(sys.executable).with_name("ray")
-    start = subprocess.Popen(
-        [str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-         "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats",
-         "--temp-dir", str(temp), "--dashboard-agent-listen-port", str(_free_port())],
-        env={**os.environ, "AUTORESEARCH_CACHE": str(cache)}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        out, _ = start.communicate(timeout=120)
-        assert start.returncode == 0, out.decode(errors="replace")[-2000:]
-        yield Head(f"127.0.0.1:{port}", cache)
-    finally:
-        for pid in _pids(_in_session(start.pid)):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _wait_for("the Ray head's processes to end", lambda: not _pids(_in_session(start.pid)))
-        shutil.rmtree(temp, ignore_errors=True)
+    with local_head(cpus=2, cache=cache) as address:
+        yield Head(address, cache)
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +199,7 @@ def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
 
 
 def test_an_address_that_does_not_answer_is_a_usage_error_in_seconds(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(UsageError, match=rf"no Ray cluster answers at 127\.0\.0\.1:{port}: "
                                          r".*start one with `ray start --head`"):
