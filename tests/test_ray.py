@@ -104,6 +104,7 @@ def _node_ip() -> str:
     return str(ray.nodes()[0]["NodeManagerAddress"])
 
 
+@pytest.mark.slow  # a real Ray head
 def test_a_dataset_with_another_sha256_is_refused_before_training(
     workers: list[RayWorker], make_dataset: Callable[..., PreparedData],
     prepared_data: PreparedData, tmp_path: Path,
@@ -118,6 +119,7 @@ def test_a_dataset_with_another_sha256_is_refused_before_training(
     assert Metrics.read(tmp_path / "metrics.json") == m
 
 
+@pytest.mark.slow  # a real Ray head
 def test_a_node_with_other_code_is_refused(
     workers: list[RayWorker], prepared_data: PreparedData, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -128,6 +130,7 @@ def test_a_node_with_other_code_is_refused(
     assert m.error is not None and "runs other autoresearch code" in m.error
 
 
+@pytest.mark.slow  # a real Ray head
 def test_a_hung_task_is_cancelled_at_its_deadline(
     workers: list[RayWorker], head: Head, prepared_data: PreparedData, tmp_path: Path,
 ) -> None:
@@ -154,6 +157,7 @@ def test_a_hung_task_is_cancelled_at_its_deadline(
     _wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
 
 
+@pytest.mark.slow  # a real Ray head
 def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
     workers: list[RayWorker], head: Head, prepared_data: PreparedData, tmp_path: Path,
 ) -> None:
@@ -221,6 +225,7 @@ def test_a_port_that_is_not_ray_is_a_usage_error(tmp_path: Path) -> None:
                             folder=tmp_path)
 
 
+@pytest.mark.slow  # a real Ray head
 def test_a_cluster_without_room_for_the_jobs_is_a_usage_error(
     workers: list[RayWorker], head: Head, tmp_path: Path,
 ) -> None:
