@@ -156,8 +156,9 @@ def main() -> None:
         results.append(run("1 worker, pipelined", tmp, args, 1, True))
         results.append(run("2 workers, pipelined", tmp, args, 2, True))
         if args.backend == "ray":
-            from autoresearch.ray_backend import ray_workers
             from ray_overhead import local_head  # benchmarks/
+
+            from autoresearch.ray_backend import ray_workers
 
             with local_head() as address:
                 results.append(run("2 workers, pipelined, ray", tmp, args, 2, True,
