@@ -11,7 +11,9 @@ that the machine's load drifts over all of them alike:
   cold runner, the files back).
 
 Prints each job's wall time per way, the mean of the jobs after the first (the first pays the
-worker start-ups and the dataset's trip), and the overhead per job of Ray vs each local way.
+worker start-ups and the dataset's trip), where that time went (the measurement's own
+breakdown; "other" is the rest: the runner's checks, and for Ray the task, the transfers and
+the files coming back), and the overhead per job of Ray vs each local way.
 
     python benchmarks/ray_overhead.py [--jobs 4] [--tokens 7680] [--data offline|FILE]
 
@@ -40,6 +42,8 @@ from autoresearch.metrics import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "sources" / "tiny"
+PARTS = ("start_seconds", "setup_seconds", "train_seconds", "export_seconds",
+         "eval_start_seconds", "eval_seconds")
 START_TIMEOUT = 180.0  # seconds for `ray start --head` on a busy machine
 
 
@@ -109,6 +113,7 @@ def main() -> None:
     budget = Budget(kind="tokens", amount=args.tokens)
     tmp = Path(tempfile.mkdtemp(prefix="ray-overhead-"))
     walls: dict[str, list[float]] = {"local": [], "local, cold": [], "ray": []}
+    parts: dict[str, list[list[float]]] = {way: [] for way in walls}
     try:
         with local_head() as address:
             ray = ray_workers(address, 1, device="cpu", threads=1, folder=tmp)[0]
@@ -129,6 +134,7 @@ def main() -> None:
                                                seed=i, device="cpu", out_dir=job.out_dir,
                                                expect_sha256=prepared.sha256, threads=1)
                         walls[way].append(time.monotonic() - t0)
+                        parts[way].append([getattr(m, part) for part in PARTS])
                         if not m.ok:
                             raise SystemExit(f"{way} job {i} failed: {m.error}")
             finally:
@@ -142,6 +148,12 @@ def main() -> None:
     for way, w in walls.items():
         print(f"  {way:<12} " + "  ".join(f"{s:5.2f}" for s in w)
               + f"   s per job; after the first: {steady[way]:.2f} s")
+    print("  where it went, after the first (s): "
+          + "  ".join(p.removesuffix("_seconds") for p in PARTS) + "  other")
+    for way, rows in parts.items():
+        means = [statistics.fmean(col) for col in zip(*(rows[1:] or rows), strict=True)]
+        print(f"  {way:<12} " + "  ".join(f"{v:5.2f}" for v in means)
+              + f"  {steady[way] - sum(means):5.2f}")
     print(f"  ray vs local:       {steady['ray'] - steady['local']:+.2f} s per job")
     print(f"  ray vs local, cold: {steady['ray'] - steady['local, cold']:+.2f} s per job "
           "(the cost of Ray itself: task, transfers, files back)")
