@@ -334,7 +334,8 @@ class _Cluster:
             "dataset": [ref],  # in a list: fetched by the node only when its cache lacks it
             "budget": job.budget.model_dump(),
             "seed": job.seed,
-            "device": job.device,
+            # Ray shows a task only the GPU it reserved: device 0 of what it sees
+            "device": "cuda" if job.device.startswith("cuda") else job.device,
             "setup_cap": job.setup_cap,
             "timeout": job.timeout,
             "sandbox": job.sandbox,

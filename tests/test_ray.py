@@ -245,6 +245,18 @@ def test_without_ray_installed_the_error_says_how_to_install_it(
         ray_workers("127.0.0.1:6379", 1, device="cpu", threads=None, folder=tmp_path)
 
 
+@pytest.mark.slow  # a real Ray head
+def test_a_cuda_job_reserves_one_gpu_and_runs_on_the_one_it_sees(
+    workers: list[RayWorker], prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    job = Job(source=SOURCES / "tiny", data=prepared_data.path, budget=TOKENS, seed=0,
+              device="cuda:1", out_dir=tmp_path)
+    assert workers[0]._resources(job) == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert workers[0].cluster.spec(job, None)["device"] == "cuda"  # Ray shows it only that GPU
+    cpu = Job(**{**job.__dict__, "device": "cpu"})
+    assert workers[0]._resources(cpu) == {"num_cpus": 1.0, "num_gpus": 0}
+
+
 def test_the_hard_deadline_is_past_everything_the_runner_allows(tmp_path: Path) -> None:
     timed = Job(source=tmp_path, data=tmp_path, budget=Budget(kind="time", amount=20), seed=0,
                 device="cpu", out_dir=tmp_path)
