@@ -264,3 +264,40 @@ def test_the_hard_deadline_is_past_everything_the_runner_allows(tmp_path: Path) 
     assert hard_deadline(timed) == own + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
     short = Job(**{**timed.__dict__, "timeout": 3.0})
     assert hard_deadline(short) == 3.0 + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
+
+
+@pytest.mark.slow
+def test_a_real_loop_of_three_experiments_runs_on_the_cluster(head: Head, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from autoresearch.store import Store
+    from autoresearch.workspace import init_workspace
+
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    source = (Path(__file__).parent / "loop_source" / "train.py").read_text(encoding="utf-8")
+    (ws / "baseline" / "train.py").write_text(source, encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(generated_text(60_000), encoding="utf-8")
+    script = tmp_path / "script.json"
+    script.write_text(json.dumps([
+        {"title": f"lr {lr}", "rationale": "", "edits": [{"path": "train.py", "content":
+         source.replace("LEARNING_RATE = 1e-5", f"LEARNING_RATE = {lr}")}]}
+        for lr in ("3e-2", "1e-2", "3e-3", "1e-3")]), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "loop", "--agent", "mock",
+         "--script", str(script), "--budget", "3", "--token-budget", "4096", "--seeds", "1",
+         "--device", "cpu", "--dataset", str(tmp_path / "corpus.txt"), "--backend", "ray",
+         "--ray-address", head.address, "--workers", "2"],
+        env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    store = Store(ws / "results.db")
+    exps = store.experiments(kind="candidate")
+    assert len(exps) == 3 and store.runs()[0].state.value == "finished"
+    ms = [m for e in store.experiments() for m in store.measurements(e.id)]  # type: ignore[arg-type]
+    assert ms and all(m.worker.startswith("ray ") for m in ms)
+    # measured on the node exactly as here: in the same OS sandbox
+    assert {Metrics.model_validate_json(x.metrics).sandbox for x in ms} == {
+        runner.sandbox_state(True)}
