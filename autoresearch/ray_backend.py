@@ -25,6 +25,8 @@ worker holds, and when the pipe closes (the task ended, was cancelled, or its wo
 killed) it kills the job's process groups and removes the job's folder.
 
 Ray is optional (``pip install 'autoresearch[ray]'``) and imported only here, when used.
+Over 400 lines: both sides of a task (the orchestrator's worker and what runs on the node,
+reaper included) live here, so that one file says all that crosses the wire.
 """
 
 from __future__ import annotations
