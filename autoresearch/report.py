@@ -179,7 +179,7 @@ def _where(m: dict[str, Any]) -> str:
 
 
 ROLE_LABEL = {"candidate": "", "champion": " champion", "stale": " on older champion",
-              "stale-champion": " older champion"}
+              "stale-champion": " older champion", "filler": " filler (not a value)"}
 
 
 def _drift(drifted: list[dict[str, int]]) -> str:

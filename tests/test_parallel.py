@@ -395,3 +395,20 @@ def test_workers_split_gpus_one_each_and_cpu_cores_by_threads(tmp_path: Path) ->
     cpus = local_workers(tmp_path, "cpu", 2, None)
     assert [w.threads for w in cpus] == [cpu_cores() // 2] * 2
     assert [w.name for w in local_workers(tmp_path, "cpu", None, None)] == ["w0"]
+
+
+def test_a_time_budget_baseline_on_shared_cores_keeps_every_worker_busy(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    s = settings(ws, token_budget=None, time_budget=1.0, seeds=3)
+    store = Store(s.db_path)
+    run = begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5])), Events(), 1,
+                workers=[FakeWorker("w0"), FakeWorker("w1")]).execute()
+    baseline = store.experiments(kind="baseline")[0]
+    ms = store.measurements(baseline.id)  # type: ignore[arg-type]
+    # 3 seeds on 2 workers: while the third runs, the other worker runs a filler job, so no
+    # seed of the champion trains alone on the cores; fillers are never values
+    assert sorted(m.seed for m in ms if m.role == "candidate") == [0, 1, 2]
+    fillers = [m for m in ms if m.role == "filler"]
+    assert len(fillers) >= 1 and all(m.seed > 2 for m in fillers)
+    assert baseline.val_bpb == pytest.approx(4.001)
+    assert run.noise_std is not None

@@ -142,7 +142,7 @@ class ActiveRun:
         """Measure ``seeds`` in order on ``worker``; stop at the first failure (the 2nd item).
         ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         values: dict[int, float] = {}
-        folder = "seed" if role == "candidate" else "champion-seed"
+        folder = "seed" if role == "candidate" else f"{role}-seed"
         for seed in seeds:
             job = Job(source=wt, data=self.data.path, budget=self.budget, seed=seed,
                       device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",

@@ -14,6 +14,7 @@ check and apply; split apart, each file would import all the others.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import threading
 from dataclasses import dataclass, field
@@ -403,6 +404,7 @@ def _trial(active: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidat
         if len(stale) > PORTS:
             break
         a.store.restage(cand.exp_id, {"candidate": "stale", "champion": "stale-champion"})
+        _restage_folders(a, cand.exp_id)
         a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
                          f"won on #{cand.parent_id}; porting onto the new champion #{onto_id}")
         try:
@@ -529,6 +531,17 @@ def record(a: ActiveRun, cand: Candidate, outcome: Outcome, stale: list[dict[str
     a.cleanup(exp_id, cand.branch)
     a.reporter.finished(exp, a.best())
     return exp
+
+
+def _restage_folders(a: ActiveRun, exp_id: int) -> None:
+    """Keep the logs of a measurement on an older champion beside the new ones: seed-N ->
+    stale-seed-N, champion-seed-N -> stale-champion-seed-N."""
+    d = a.ws.exp_dir(exp_id)
+    for old in [*d.glob("seed-*"), *d.glob("champion-seed-*")]:
+        new = d / f"stale-{old.name}"
+        if new.exists():
+            shutil.rmtree(new)
+        old.rename(new)
 
 
 def _superseded(a: ActiveRun, cand: Candidate, stale: list[dict[str, Any]], reason: str

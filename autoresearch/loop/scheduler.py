@@ -139,18 +139,35 @@ class ResearchLoop:
         a.store.transition(exp_id, ES.running)
         a.reporter.phase(exp_id, 0, "baseline", f"measuring {len(a.seeds)} seeds")
         pending = list(a.seeds)
-        busy = 0
+        # on shared CPU cores under a wall-clock budget, a seed measured alone would train
+        # faster than candidates beside other workers: a lane with no seed left runs a filler
+        # job (the baseline on a spare seed, stored as role "filler", never a value) while
+        # the last seeds finish
+        fill = (a.budget.kind == "time" and len(self.lanes) > 1 and a.run.device == "cpu"
+                and a.settings.backend == "local")
+        busy = seeds_running = 0
         failed: Metrics | None = None
         values: dict[int, float] = {}
         try:
+            fillers = iter(range(max(a.seeds) + 1, max(a.seeds) + 1000))
             while True:
                 if failed is not None:
                     pending.clear()  # the seeds not started yet are not measured
                 for lane in self.lanes:
-                    if pending and lane.current is None:
-                        seed = pending.pop(0)
-                        lane.give(functools.partial(_measure_seed, a, exp_id, wt, seed), exp_id)
-                        busy += 1
+                    if lane.current is not None:
+                        continue
+                    if pending:
+                        work = functools.partial(_measure_seed, a, exp_id, wt, pending.pop(0),
+                                                 "candidate")
+                        seeds_running += 1
+                    elif fill and seeds_running and failed is None:
+                        # keep the cores as busy as candidates will find them
+                        work = functools.partial(_measure_seed, a, exp_id, wt, next(fillers),
+                                                 "filler")
+                    else:
+                        continue
+                    lane.give(work, exp_id)
+                    busy += 1
                 if not busy:
                     break
                 done = self._next_event()
@@ -159,7 +176,10 @@ class ResearchLoop:
                 busy -= 1
                 if done.error is not None:
                     raise done.error
-                got, bad = done.result
+                got, bad, role = done.result
+                if role == "filler":
+                    continue
+                seeds_running -= 1
                 values.update(got)
                 failed = failed or bad
         except BaseException as e:
@@ -287,9 +307,10 @@ class ResearchLoop:
                 a.cleanup(exp.id, exp.branch)
 
 
-def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, worker: Worker
-                  ) -> tuple[dict[int, float], Metrics | None]:
-    return a.measure(worker, exp_id, wt, [seed])
+def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: str = "candidate",
+                  worker: Worker | None = None) -> tuple[dict[int, float], Metrics | None, str]:
+    assert worker is not None
+    return (*a.measure(worker, exp_id, wt, [seed], role=role), role)
 
 
 def _trial(a: ActiveRun, proposer: Proposer, cand: Candidate, worker: Worker) -> Any:
