@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from autoresearch import pysource
 from autoresearch.errors import DataError
 
 SHAKESPEARE_URL = (
@@ -137,7 +138,7 @@ def _offline_text(limit: int = OFFLINE_LIMIT) -> bytes:
                              and not d.startswith("config-"))
         for name in sorted(f for f in filenames if f.endswith(".py")):
             try:
-                tree = ast.parse(Path(dirpath, name).read_bytes())
+                tree = pysource.parse(Path(dirpath, name).read_bytes())
             except (SyntaxError, ValueError, OSError):
                 continue
             for node in ast.walk(tree):

@@ -27,6 +27,8 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from autoresearch import pysource
+
 
 class GuardViolation(Exception):
     """A proposal broke a rule. ``rule`` is a short id; the message is written for the model."""
@@ -685,7 +687,7 @@ class _Checker(ast.NodeVisitor):
 def find_violations(path: str, source: str) -> list[GuardViolation]:
     """Every violation in ``source``, the one :func:`check_source` raises first."""
     try:
-        tree = ast.parse(source, filename=path)
+        tree = pysource.parse(source, filename=path)
     except SyntaxError as e:
         line = f" line {e.lineno}" if e.lineno else ""
         msg = f"{path}{line}: syntax error: {e.msg} [syntax]. {RULE_BY_ID['syntax'].why}"

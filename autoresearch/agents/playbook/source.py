@@ -13,6 +13,7 @@ import difflib
 import re
 from collections.abc import Callable
 
+from autoresearch import pysource
 from autoresearch.edits import EditError, apply_edit
 from autoresearch.models import Edit
 
@@ -21,7 +22,7 @@ Number = int | float
 
 def _parse(src: str) -> ast.Module | None:
     try:
-        return ast.parse(src)
+        return pysource.parse(src)
     except SyntaxError:
         return None
 
