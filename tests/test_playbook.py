@@ -89,6 +89,45 @@ def test_an_entry_applies_to_the_baseline_passes_the_guard_and_trains_causally(
     assert m.causal_ok is True and m.train_tokens == TOKENS.amount
 
 
+def _namespace(source: str) -> dict[str, object]:
+    ns: dict[str, object] = {}
+    exec(compile(source, "train.py", "exec"), ns)  # our own catalogue's code, not an agent's
+    return ns
+
+
+def test_muon_orthogonalises_a_stack_of_matrices_at_once() -> None:
+    # the batched Newton-Schulz gives each matrix of a stack what it would get alone, and
+    # pushes its singular values towards 1 (wide and tall stacks alike)
+    torch = pytest.importorskip("torch")
+    muon = proposal_for(BY_ID["muon"], FILES)
+    assert muon is not None
+    orthogonalize = _namespace(edits.apply_edits(FILES, muon.edits)["train.py"])["orthogonalize"]
+    gen = torch.Generator().manual_seed(0)
+    for shape in ((3, 16, 48), (3, 48, 16)):
+        g = torch.randn(*shape, generator=gen)
+        together = orthogonalize(g, 5)  # type: ignore[operator]
+        for i in range(shape[0]):
+            alone = orthogonalize(g[i:i + 1], 5)[0]  # type: ignore[operator]
+            assert torch.allclose(together[i], alone, atol=1e-5)
+        sv = torch.linalg.svdvals(together)
+        assert sv.min() > 0.5 and sv.max() < 1.5
+
+
+def test_muon_takes_fewer_newton_schulz_steps_on_the_cpu() -> None:
+    cpu, cuda = (proposal_for(BY_ID["muon"], FILES, device) for device in ("cpu", "cuda"))
+    assert cpu is not None and cuda is not None
+    assert "MUON_STEPS = 3" in edits.apply_edits(FILES, cpu.edits)["train.py"]
+    assert "MUON_STEPS = 5" in edits.apply_edits(FILES, cuda.edits)["train.py"]
+
+
+def test_one_thread_is_a_cpu_knob() -> None:
+    one = proposal_for(BY_ID["one-thread"], FILES)
+    assert one is not None
+    ns = _namespace(edits.apply_edits(FILES, one.edits)["train.py"])
+    assert ns["CPU"]["THREADS"] == 1 and ns["CUDA"]["THREADS"] == 0  # type: ignore[index]
+    assert proposal_for(BY_ID["one-thread"], FILES, "cuda") is None
+
+
 # -- policy ----------------------------------------------------------------------------------
 
 
@@ -251,5 +290,6 @@ def test_the_loop_with_auto_and_no_key_runs_the_playbook(
     result = CliRunner().invoke(app, ["--workspace", str(ws), "history", "--json"])
     rows = json.loads(result.stdout)
     candidate = [r for r in rows if r["title"] != "baseline"]
-    assert len(candidate) == 1 and candidate[0]["title"].startswith("[batch-down]")
+    first = max((e for e in PRIMARY if not e.cpu_bf16), key=lambda e: e.prior)
+    assert len(candidate) == 1 and candidate[0]["title"].startswith(first.tag)
     assert candidate[0]["status"] in ("kept", "discarded")
