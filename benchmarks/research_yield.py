@@ -10,7 +10,9 @@ reproduces beyond the noise on the fresh seeds (the loop's own keep rule, applie
     python benchmarks/research_yield.py --data offline --experiments 4 --time-budget 10  # smoke
 
 Target (issue 9): >= 10% lower val_bpb than the baseline after 20 experiments at 60 s on a
-2-core CPU, reproduced on the fresh seeds. The full default run takes about 40-60 minutes.
+2-core CPU, reproduced on the fresh seeds. The full default run takes about 40-60 minutes on
+a quiet machine, and about 100 when other jobs load the cores (each measurement then takes
+2-3 minutes of wall clock for its 60 s of training).
 """
 
 from __future__ import annotations
