@@ -262,30 +262,28 @@ def resume(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
     """Close what a killed loop left in flight, then go on with the same run. Returns the run
     and the interrupted proposals to measure again (each once: its slot in the budget was
     freed when it was closed as interrupted)."""
-    assert run.id is not None
+    if run.id is None:
+        raise UsageError("a run that was never recorded cannot be resumed")
     runner.kill_stale(ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
+    fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}
+    if experiments is not None:
+        fields["experiments_planned"] = experiments
+    active = reopen(settings, store, ws, reporter, store.update_run(run.id, **fields))
     redo: list[tuple[int, Proposal]] = []
-    for exp in store.experiments(run_id=run.id):
+    for exp in store.experiments(run_id=active.id):
         if is_done(exp):
             continue
         assert exp.id is not None
         runner.kill_stale(ws.exp_dir(exp.id))
         store.transition(exp.id, ES.interrupted,
                          reason=f"the loop stopped while it was {exp.status.value}")
-        if not settings.keep_worktrees:
-            ws.remove_worktree(exp.id, exp.branch, delete_branch=True)
-        for name in ("champion", "port"):
-            ws.remove_worktree(exp.id, name=name)
+        active.cleanup(exp.id, exp.branch)
         again = exp.kind == "candidate" and exp.commit is not None and bool(exp.proposal)
         if again:
             redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
         reporter.notice(f"experiment {exp.id} was in flight: closed as interrupted"
                         + ("; its proposal will be measured again" if again else ""))
-    fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}
-    if experiments is not None:
-        fields["experiments_planned"] = experiments
-    run = store.update_run(run.id, **fields)
-    active = reopen(settings, store, ws, reporter, run)
+    run = active.run
     reporter.notice(f"resuming run {active.id}: {store.count_candidates(active.id)} of "
                     f"{run.experiments_planned} experiments done")
     return active, redo

@@ -468,7 +468,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
     champion s2, candidate s2, ...), on the same worker, so both values of a pair ran in the
     same conditions; then decide on those pairs."""
     exp_id, run = cand.exp_id, a.run
-    if a.store.get_experiment(exp_id).status != ES.running:  # type: ignore[union-attr]
+    if stored is not None:  # after a screen (measured); a port's caller set it running
         a.store.transition(exp_id, ES.running)
     a.reporter.phase(exp_id, cand.seq, cand.proposal.title,
                      f"confirming alongside the champion on seeds {a.seeds}")
