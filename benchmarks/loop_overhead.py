@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from parallel import Timed  # benchmarks/, this script's folder
 from rich.console import Console
 
 from autoresearch import curves as curves_mod
 from autoresearch import loop as loop_mod
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
-from autoresearch.jobs import Job, LocalWorker
+from autoresearch.jobs import LocalWorker
 from autoresearch.loop import ActiveRun
 from autoresearch.loop import context as context_mod
-from autoresearch.metrics import Metrics
 from autoresearch.models import Context, ExperimentStatus, HistoryItem, Stats
 from autoresearch.progress import PlainReporter
 from autoresearch.store import AgentCall, Experiment, Store
@@ -96,19 +96,6 @@ def full_read_context(active: ActiveRun, files: dict[str, str]) -> Context:
                                          active.seeds))
 
 
-class TimedWorker(LocalWorker):
-    """A local worker that adds up the seconds its jobs took (excluded from the overhead)."""
-
-    training = 0.0
-
-    def measure(self, job: Job) -> Metrics:
-        t0 = time.perf_counter()
-        try:
-            return super().measure(job)
-        finally:
-            self.training += time.perf_counter() - t0
-
-
 def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
     """(overhead before, overhead after, training) seconds per experiment."""
     ws_dir = tmp / f"ws{size}"
@@ -128,7 +115,7 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
                                      dataset=str(corpus)))
     store = Store(settings.db_path)
     ws = Workspace(ws_dir)
-    worker = TimedWorker("w0", ws.experiments_dir)
+    worker = Timed(LocalWorker("w0", ws.experiments_dir))  # adds up its jobs' seconds
     lp = loop_mod.begin(settings, store, ws, MockAgent(script),
                         Quiet(None, Console(quiet=True)), size, workers=[worker])
     fill_history(store, lp.active.id, size)
@@ -136,10 +123,10 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
 
     def overhead() -> float:
         lp.active.update(experiments_planned=lp.run.experiments_planned + experiments)
-        worker.training = 0.0
+        worker.busy.clear()
         t0 = time.perf_counter()
         lp.execute()
-        return (time.perf_counter() - t0 - worker.training) / experiments
+        return (time.perf_counter() - t0 - worker.seconds()) / experiments
 
     new_context = context_mod.build
     try:
@@ -150,7 +137,7 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
     finally:
         context_mod.build = new_context
     store.close()
-    return before, after, worker.training / experiments
+    return before, after, worker.seconds() / experiments
 
 
 def main() -> None:

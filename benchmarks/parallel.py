@@ -66,6 +66,11 @@ class Timed:
             with self.lock:
                 self.busy.append((t0, time.monotonic()))
 
+    def seconds(self) -> float:
+        """Seconds spent measuring, in all."""
+        with self.lock:
+            return sum(b - a for a, b in self.busy)
+
     def close(self) -> None:
         self.inner.close()
 
