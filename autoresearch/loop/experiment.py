@@ -345,7 +345,7 @@ class Proposer:
                                "above: same idea, edits that apply to the new code."),
                     "previous_answer": cand.proposal.model_dump_json(indent=1),
                 })
-                answer = self.answer(context, exp_id, attempt=-1)
+                answer = self.answer(context, exp_id, attempt=0)
                 try:
                     proposal, files = self.usable(exp_id, context, base, answer, repairs=0)
                 except Rejected:
