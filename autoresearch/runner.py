@@ -35,7 +35,7 @@ from typing import IO, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from autoresearch import curves, integrity
+from autoresearch import curves, forks, integrity
 from autoresearch import sandbox as sandbox_mod
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
@@ -202,7 +202,7 @@ def _train_and_evaluate(metrics: Metrics, log: BoundedLog, scratch: Path, pair: 
         metrics.start_seconds = max(0.0, train.ready_at - started) if train.ready_at else 0.0
     if changed := integrity.changed_path(installed, integrity.installed_signature()):
         if slot is not None:
-            slot.discard()  # the next pair may have imported what changed
+            slot.discard(servers=True)  # they may have imported what changed
         metrics.error = ("the training process changed installed code the evaluation runs: "
                          f"{changed}")
     elif timed_out:
@@ -217,7 +217,7 @@ def _train_and_evaluate(metrics: Metrics, log: BoundedLog, scratch: Path, pair: 
         metrics.status, metrics.error = train.status, train.error
     else:
         metrics = _evaluate(metrics, scratch / "model.pt", data, sha256, env, log,
-                            pair.eval if pair is not None else None,
+                            slot.eval_for(pair, env) if slot and pair else None,
                             then=None if slot is None else lambda: slot.add_eval(env))
     return metrics
 
@@ -278,7 +278,7 @@ class _Proc:
 
     def __init__(self, cmd: list[str], *, cwd: Path, env: dict[str, str], pid_file: Path,
                  log: BoundedLog | None = None, pass_fds: tuple[int, ...] = (),
-                 job_pipe: bool = False) -> None:
+                 job_pipe: bool = False, server: forks.ForkServer | None = None) -> None:
         self.cmd, self.pid_file = cmd, pid_file
         self._log: BoundedLog | None = None
         self._early = bytearray()  # output before a log is attached
@@ -286,10 +286,15 @@ class _Proc:
         self.started = time.monotonic()
         if log is not None:
             self._attach(log)
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env,
-                                     stdin=subprocess.PIPE if job_pipe else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, pass_fds=pass_fds)
+        self.proc: subprocess.Popen[bytes] | forks.Forked
+        if server is not None:  # forked by a warm server: each pass_fds stays its number
+            self.proc = server.fork(cwd=cwd, env=env, fds={fd: fd for fd in pass_fds},
+                                    args=cmd)
+        else:
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdin=subprocess.PIPE if job_pipe else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=pass_fds)
         try:  # if this process is killed outright, a resumed loop finds and ends the group
             pid_file.parent.mkdir(parents=True, exist_ok=True)
             pid_file.write_text(str(self.proc.pid), encoding="utf-8")
@@ -301,6 +306,8 @@ class _Proc:
 
     def _attach(self, log: BoundedLog) -> None:
         shown = " ".join(a for a in self.cmd[1:] if a != _EVAL_BOOT)
+        if isinstance(getattr(self, "proc", None), forks.Forked):
+            shown += ", forked by its phase's fork server"
         with self._lock:
             log.write(f"\n== python {shown} ==\n".encode())
             if self._early:
@@ -341,6 +348,7 @@ class _Proc:
         finally:
             self.kill()
         self._reader.join(timeout=5.0)  # a child that left the group may hold the pipe
+        assert self.proc.returncode is not None
         return self.proc.returncode, timed_out
 
     def kill(self) -> None:
@@ -374,18 +382,18 @@ class _Eval:
         shutil.rmtree(self.cwd, ignore_errors=True)
 
 
-def _start_eval(env: dict[str, str], warm: Path | None = None, wait: float = 60.0) -> _Eval:
+def _start_eval(env: dict[str, str], warm: Path | None = None, wait: float = 60.0,
+                server: forks.ForkServer | None = None) -> _Eval:
     """An evaluation process of trusted code only, waiting for its arguments: in a new empty
     folder, started with -S -E -B and this process's import path. ``warm``: the folder for its
-    pid file while it waits (else it is handed its job at once); ``wait``: how long it waits."""
+    pid file while it waits (else it is handed its job at once); ``wait``: how long it waits;
+    ``server``: the evaluation fork server to fork it from (started the same way)."""
     cwd = Path(tempfile.mkdtemp(prefix="autoresearch-eval-"))
     read_end, write_end = os.pipe()
     try:
-        proc = _Proc([sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
-                      json.dumps(integrity.eval_path()), "--phase", "eval", "--wait-for-job",
-                      str(os.getpid()), "--wait-seconds", f"{wait:g}"],
-                     cwd=cwd, env=env, pass_fds=(write_end,), job_pipe=True,
-                     pid_file=(warm or cwd) / PID_FILE)
+        proc = _Proc(_eval_cmd("--wait-for-job", wait), cwd=cwd, env=env,
+                     pass_fds=(write_end,), job_pipe=True, pid_file=(warm or cwd) / PID_FILE,
+                     server=server)
     except BaseException:
         os.close(read_end)
         shutil.rmtree(cwd, ignore_errors=True)
@@ -393,6 +401,17 @@ def _start_eval(env: dict[str, str], warm: Path | None = None, wait: float = 60.
     finally:
         os.close(write_end)  # only the child holds it: its exit ends our read
     return _Eval(proc, write_end, read_end, cwd)
+
+
+def _eval_cmd(warm: str, wait: float) -> list[str]:
+    return [sys.executable, "-S", "-E", "-B", "-u", "-c", _EVAL_BOOT,
+            json.dumps(integrity.eval_path()), "--phase", "eval", warm, str(os.getpid()),
+            "--wait-seconds", f"{wait:g}"]
+
+
+def _train_cmd(warm: str, wait: float) -> list[str]:
+    return [sys.executable, "-m", "autoresearch.harness", "--phase", "train", warm,
+            str(os.getpid()), "--wait-seconds", f"{wait:g}"]
 
 
 @dataclass
@@ -419,17 +438,26 @@ class Slot:
     slot starts the next job's training process, so that Python and torch start-up (and the
     imports the first optimizer step and the export would do) overlap the current job's
     training; the next job's evaluation process starts when the current one's has finished
-    (``add_eval``), and overlaps the next job's training: on a machine of few cores, start-ups
-    competing with an evaluation slowed it more than they saved.
+    (``add_eval``), and overlaps the next job's training.
+
+    On CPU (Linux), where start-ups compete with the job itself for the cores, the slot keeps
+    one fork server per phase (``fork``, autoresearch/harness/forkserver.py): it imports once,
+    and each process of a pair is a fork of it, ready in milliseconds instead of seconds of
+    CPU. A GPU job forks nothing: a process that has touched the CUDA driver cannot be forked.
 
     A spare pair is ended by ``close`` (use the slot as a context manager), by its own wait
-    deadline, or with this process (its stdin closes; on Linux it also dies with it). Its pid
-    files lie under ``folder``/warm, for ``kill_stale`` after a SIGKILL."""
+    deadline, or with this process (its stdin closes; on Linux it also dies with it); a fork
+    server too. Their pid files lie under ``folder``/warm, for ``kill_stale`` after a
+    SIGKILL."""
 
     folder: Path
     wait: float = 1800.0  # seconds a spare pair waits for its job before it exits
+    fork: bool = True  # fork servers where they can serve
     _next: _Pair | None = field(default=None, init=False)
     _count: int = field(default=0, init=False)
+    _servers: dict[str, forks.ForkServer] = field(default_factory=dict, init=False)
+    _server_key: tuple[object, ...] | None = field(default=None, init=False)
+    _server_home: Path | None = field(default=None, init=False)
 
     def take(self, key: tuple[object, ...]) -> _Pair | None:
         """The waiting pair, if it was started for jobs like this one and is still alive."""
@@ -452,7 +480,17 @@ class Slot:
         """Start the next pair's evaluation process, if it has none yet."""
         pair = self._next
         if pair is not None and pair.eval is None:
-            pair.eval = _start_eval(env, pair.folder / "eval", self.wait)
+            pair.eval = self._eval(pair, env)
+
+    def eval_for(self, pair: _Pair, env: dict[str, str]) -> _Eval:
+        """The pair's evaluation process, started now if it has none or it is gone (a warm one
+        stops waiting after ``wait`` seconds, which a long training job can outlast)."""
+        if pair.eval is not None and pair.eval.proc.proc.poll() is not None:
+            pair.eval.close()
+            pair.eval = None
+        if pair.eval is None:
+            pair.eval = self._eval(pair, env)
+        return pair.eval
 
     def spawn(self, key: tuple[object, ...], env: dict[str, str],
               installed: integrity.Signature, with_eval: bool = True) -> _Pair:
@@ -462,30 +500,81 @@ class Slot:
         self._count += 1
         warm = self.folder / WARM_DIR / f"{os.getpid()}-{self._count}"
         scratch = Path(tempfile.mkdtemp(prefix="autoresearch-train-"))
-        wait = ["--wait-for-job", str(os.getpid()), "--wait-seconds", f"{self.wait:g}"]
         try:
-            train = _Proc([sys.executable, "-m", "autoresearch.harness", "--phase", "train",
-                           *wait], cwd=scratch, env=integrity.training_env(env, scratch),
-                          pid_file=warm / "train" / PID_FILE, job_pipe=True)
+            server = self._server("train", key, env)
+            train = self._proc(_train_cmd("--wait-for-job", self.wait), scratch,
+                               integrity.training_env(env, scratch), warm / "train", server)
+            pair = _Pair(key, scratch, warm, train, None, installed)
             try:
-                ev = _start_eval(env, warm / "eval", self.wait) if with_eval else None
+                if with_eval:
+                    pair.eval = self._eval(pair, env)
             except BaseException:
                 train.kill()
                 raise
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return _Pair(key, scratch, warm, train, ev, installed)
+        return pair
 
-    def discard(self) -> None:
-        """End the waiting pair, if any."""
+    def _proc(self, cmd: list[str], cwd: Path, env: dict[str, str], warm: Path,
+              server: forks.ForkServer | None) -> _Proc:
+        if server is not None:
+            try:
+                return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True,
+                             server=server)
+            except forks.ForkFailed:
+                self._end_servers()  # started afresh for the next job; this one starts cold
+        return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True)
+
+    def _eval(self, pair: _Pair, env: dict[str, str]) -> _Eval:
+        server = self._server("eval", pair.key, env)
+        if server is not None:
+            try:
+                return _start_eval(env, pair.folder / "eval", self.wait, server)
+            except forks.ForkFailed:
+                self._end_servers()
+        return _start_eval(env, pair.folder / "eval", self.wait)
+
+    def _server(self, phase: str, key: tuple[object, ...], env: dict[str, str]
+                ) -> forks.ForkServer | None:
+        """This phase's fork server for jobs like ``key`` (both phases' are started together,
+        the evaluation's importing while training runs), or None where forking is not used."""
+        if not (self.fork and key[2] == "cpu" and forks.available()):
+            return None
+        if key != self._server_key or not all(s.alive() for s in self._servers.values()):
+            self._end_servers()
+            home = Path(tempfile.mkdtemp(prefix="autoresearch-forkserver-"))
+            folder = self.folder / WARM_DIR / f"{os.getpid()}-server-{self._count}"
+            self._server_home, self._server_key = home, key
+            for name, cmd, server_env in (
+                    ("train", _train_cmd("--fork-server", self.wait),
+                     integrity.training_env(env, home)),
+                    ("eval", _eval_cmd("--fork-server", self.wait), env)):
+                self._servers[name] = forks.ForkServer(
+                    cmd, cwd=home, env=server_env, pid_file=folder / name / PID_FILE,
+                    log=folder / f"{name}.log")
+        return self._servers[phase]
+
+    def _end_servers(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
+        self._server_key = None
+        if self._server_home is not None:
+            shutil.rmtree(self._server_home, ignore_errors=True)
+            self._server_home = None
+
+    def discard(self, servers: bool = False) -> None:
+        """End the waiting pair, if any (``servers``: the fork servers too)."""
         pair, self._next = self._next, None
         if pair is not None:
             pair.close()
             shutil.rmtree(pair.scratch, ignore_errors=True)
+        if servers:
+            self._end_servers()
 
     def close(self) -> None:
-        self.discard()
+        self.discard(servers=True)
         shutil.rmtree(self.folder / WARM_DIR, ignore_errors=True)
 
     def __enter__(self) -> Slot:
@@ -572,9 +661,12 @@ class BoundedLog:
         self.close()
 
 
-def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _wait_exit(proc: subprocess.Popen[bytes] | forks.Forked, timeout: float) -> None:
     """``proc.wait(timeout)``, woken by the exit itself where Linux offers a pidfd: Popen's
     own wait polls, sleeping up to 50 ms between looks, twice per measurement."""
+    if isinstance(proc, forks.Forked):  # waits on a pidfd already
+        proc.wait(timeout)
+        return
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux 5.3+, or already reaped

@@ -1,13 +1,15 @@
 """Where a measurement's wall time goes, and how much of it the device waits for.
 
-Runs measurements back to back through the real runner, twice: "before", each job starting its
-own processes after the previous one ended (no slot: how every measurement ran before issue
-12), and "after", through one ``runner.Slot`` (the next job's processes start and import torch
-while the current one trains; the evaluation process waits for the artifact). Prints the median
-of ``--repeats`` measurements of each part of the breakdown side by side, for the tiny test
-source at a 512-token budget and for the baseline at a 10 s budget. "exposed" is the wall time
-of a measurement minus its training seconds, as the slot sees it. Target: exposed <= 2 s here
-(~9 s before issue 12, when the processes' teardown and the lazy imports were also paid).
+Runs measurements back to back through the real runner, three ways: "cold", each job starting
+its own processes after the previous one ended (no slot: how every measurement ran before
+issue 12); "spawned", through one ``runner.Slot`` that starts the next job's processes (and
+imports torch in them) while the current one trains, the evaluation process waiting for the
+artifact (the slot on a GPU); "forked", through a slot whose processes are forks of one fork
+server per phase that imported torch once (the slot on CPU). Prints the median of
+``--repeats`` measurements of each part of the breakdown side by side, for the tiny test
+source at a 512-token budget and for the baseline at a 10 s budget. "exposed" is the wall
+time of a measurement minus its training seconds, as the slot sees it. Target: exposed <= 2 s
+here (~9 s before issue 12, when the processes' teardown and the lazy imports were also paid).
 
     python benchmarks/measure_overhead.py [--repeats 5] [--data FILE] [--only tiny|baseline]
 """
@@ -25,17 +27,19 @@ from autoresearch.metrics import Budget, Metrics
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("start_seconds", "setup_seconds", "train_seconds", "export_seconds",
          "eval_start_seconds", "eval_seconds", "total_seconds", "exposed_seconds")
+WAYS = ("cold", "spawned", "forked")
 CASES = {"tiny": (ROOT / "tests" / "sources" / "tiny", Budget(kind="tokens", amount=512)),
          "baseline": (ROOT / "baseline", Budget(kind="time", amount=10))}
 
 
 def series(source: Path, budget: Budget, prepared: data.PreparedData, repeats: int,
-           warm: bool, tmp: Path) -> list[Metrics]:
+           way: str, tmp: Path) -> list[Metrics]:
     out: list[Metrics] = []
-    with runner.Slot(tmp / "slot") as slot:
+    warm = way != "cold"
+    with runner.Slot(tmp / f"slot-{way}", fork=way == "forked") as slot:
         for i in range(repeats + (1 if warm else 0)):  # warm: the first job starts the chain
             m = runner.measure(source=source, data=prepared.path, budget=budget, seed=i,
-                               device="cpu", out_dir=tmp / f"{warm}-{i}",
+                               device="cpu", out_dir=tmp / f"{way}-{i}",
                                slot=slot if warm else None)
             if not m.ok:
                 raise SystemExit(f"measurement failed: {m.status.value}: {m.error}")
@@ -54,14 +58,14 @@ def main() -> None:
     for name in args.only:
         source, budget = CASES[name]
         with tempfile.TemporaryDirectory() as d:
-            before = series(source, budget, prepared, args.repeats, False, Path(d))
-            after = series(source, budget, prepared, args.repeats, True, Path(d))
+            got = {way: series(source, budget, prepared, args.repeats, way, Path(d))
+                   for way in WAYS}
         print(f"{name} source, {budget.describe()} budget, median of {args.repeats} "
-              "(seconds): before (cold) | after (slot)")
+              f"(seconds): {' | '.join(WAYS)}")
         for part in PARTS:
-            b = statistics.median(getattr(m, part) for m in before)
-            a = statistics.median(getattr(m, part) for m in after)
-            print(f"  {part.removesuffix('_seconds'):>10}: {b:6.2f} | {a:6.2f}")
+            cells = " | ".join(f"{statistics.median(getattr(m, part) for m in got[way]):6.2f}"
+                               for way in WAYS)
+            print(f"  {part.removesuffix('_seconds'):>10}: {cells}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Warm starts (runner.Slot): processes started ahead of their job, each serving one job."""
+"""Warm starts (runner.Slot): processes started ahead of their job, each serving one job,
+on CPU forked from one fork server per phase."""
 
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
-def warm_pids(folder: Path) -> list[int]:
-    return [int(p.read_text()) for p in (folder / runner.WARM_DIR).rglob(runner.PID_FILE)]
+def warm_pids(folder: Path, servers: bool | None = None) -> list[int]:
+    """The waiting processes' pids (``servers``: only the fork servers', or none of them)."""
+    return [int(p.read_text()) for p in (folder / runner.WARM_DIR).rglob(runner.PID_FILE)
+            if servers is None or ("-server-" in str(p)) == servers]
 
 
 def wait_gone(pids: list[int], seconds: float) -> bool:
@@ -52,16 +55,22 @@ def test_a_warm_process_never_handed_work_exits_on_its_own(tmp_path: Path) -> No
     env = integrity.child_env(None)
     slot.start_pair(runner._warm_key(env, "cpu"), env, {})
     slot.add_eval(env)
-    pids = warm_pids(tmp_path)
-    assert len(pids) == 2 and all(alive(p) for p in pids)
+    pids, servers = warm_pids(tmp_path, servers=False), warm_pids(tmp_path, servers=True)
+    assert len(pids) == 2 and len(servers) == 2 and all(alive(p) for p in pids + servers)
     assert wait_gone(pids, 30.0)  # imports (a few seconds here), then the 3 s wait
+    assert wait_gone(servers, 30.0)  # 3 s more with no child and no request
     slot.close()
 
 
+# forked: from a fork server, as on CPU; spawned: each process started by the runner, as on GPU
+WAYS = pytest.mark.parametrize("fork", [True, False], ids=["forked", "spawned"])
+
+
+@WAYS
 def test_jobs_in_one_slot_share_no_module_state_and_run_warm(
-    prepared_data: PreparedData, tmp_path: Path,
+    prepared_data: PreparedData, tmp_path: Path, fork: bool,
 ) -> None:
-    with runner.Slot(tmp_path / "slot") as slot:
+    with runner.Slot(tmp_path / "slot", fork=fork) as slot:
         first = measure(SOURCES / "module_state", prepared_data, tmp_path / "a", slot)
         second = measure(SOURCES / "module_state", prepared_data, tmp_path / "b", slot)
         spare = warm_pids(tmp_path / "slot")
@@ -69,16 +78,19 @@ def test_jobs_in_one_slot_share_no_module_state_and_run_warm(
     assert (first.warm, second.warm) == (True, True)
     assert second.val_bpb == first.val_bpb  # the same job, warm or not, gives the same number
     assert second.start_seconds > 0 and second.eval_start_seconds > 0
-    assert len(spare) == 2 and wait_gone(spare, 5.0)  # the third job's pair ended with the slot
+    # the third job's pair (and the fork servers) ended with the slot
+    assert len(spare) == (4 if fork else 2) and wait_gone(spare, 5.0)
     log = (tmp_path / "b" / "run.log").read_text()
     assert "--wait-for-job" in log and "[runner] job: --phase train" in log
+    assert ("forked by its phase's fork server" in log) == fork
 
 
+@WAYS
 def test_a_warm_job_runs_in_the_same_sandbox(
     prepared_data: PreparedData, tmp_path: Path, listener: int,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, fork: bool,
 ) -> None:
-    with runner.Slot(tmp_path / "slot") as slot:
+    with runner.Slot(tmp_path / "slot", fork=fork) as slot:
         real = runner.measure
         monkeypatch.setattr(runner, "measure", lambda **kw: real(**kw, slot=slot))
         escape(prepared_data, tmp_path / "cold", listener, monkeypatch, on=True)
@@ -90,6 +102,9 @@ def test_a_warm_job_runs_in_the_same_sandbox(
     assert said["write"] == "Permission denied" and not planted.exists()
     if ABI >= 4:
         assert said["connect"] == "Permission denied"
+    if ABI >= 6:  # its fork server (or the runner) is out of its reach
+        assert said["signal"] == "Operation not permitted"
+    assert said["sockets"] == "0"  # nor does it hold the fork server's socket
 
 
 _HOLDER = """
@@ -113,7 +128,7 @@ def test_interrupting_or_killing_the_orchestrator_leaves_no_warm_process(
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
     pids = warm_pids(tmp_path)
-    assert len(pids) == 2 and all(alive(p) for p in pids)
+    assert len(pids) == 4 and all(alive(p) for p in pids)  # two forked, their two servers
     holder.send_signal(how)
     holder.wait(timeout=30)
     assert wait_gone(pids, 10.0)  # Ctrl-C: the slot ends them; SIGKILL: they die with it

@@ -8,7 +8,9 @@ A warm start (``--phase P --wait-for-job PID``, see ``runner.Slot``) imports tor
 phase's own trusted modules, then waits for its one job: a single line on stdin holding the
 arguments of the phase, exactly the command line a cold process would get. It exits by itself,
 without running anything, when none comes within ``--wait-seconds``, when stdin closes, or when
-the runner (PID) dies. Nothing it has imported before the job is agent code.
+the runner (PID) dies. Nothing it has imported before the job is agent code. A fork server
+(``--phase P --fork-server PID``, :mod:`autoresearch.harness.forkserver`) imports the same
+once and forks such a warm process for every job.
 """
 
 from __future__ import annotations
@@ -53,13 +55,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sandbox", choices=["on", "off"], default="off",
                    help="fence the training process in with Landlock (the runner says on)")
     p.add_argument("--writable", action="append", help="another folder training may write")
-    p.add_argument("--wait-for-job", type=int, metavar="PID",
-                   help="start warm: import, then wait for the job's arguments on stdin; exit "
-                        "if process PID (the runner) dies")
+    warm = p.add_mutually_exclusive_group()
+    warm.add_argument("--wait-for-job", type=int, metavar="PID",
+                      help="start warm: import, then wait for the job's arguments on stdin; "
+                           "exit if process PID (the runner) dies")
+    warm.add_argument("--fork-server", type=int, metavar="PID",
+                      help="import, then fork a warm process per request of the runner (PID) "
+                           "on stdin, a Unix socket")
     p.add_argument("--wait-seconds", type=float, default=WAIT_SECONDS,
                    help="a warm process exits after this long without a job")
     args = p.parse_args(argv)
-    if args.wait_for_job is not None:
+    if args.wait_for_job is not None or args.fork_server is not None:
         return args
     needed = {"train": ("source", "artifact", "report"),
               "eval": ("artifact", "out")}[args.phase] + ("data",)
@@ -73,21 +79,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.wait_for_job is not None:
-        phase = args.phase
-        if not _die_with(args.wait_for_job):
+    phase, wait = args.phase, args.wait_seconds
+    if args.fork_server is not None:
+        if not die_with(args.fork_server):
             return 0  # the runner is already gone
         _prewarm(phase)
-        ready = time.monotonic()
-        job = await_job(args.wait_for_job, args.wait_seconds)
-        if job is None:
-            return 0  # never handed work: nothing ran, nothing to report
-        args = parse_args(job)
-        if args.phase != phase or args.wait_for_job is not None:
-            raise SystemExit(f"a warm {phase} process was handed a {args.phase} job")
-    else:
-        ready = time.monotonic()
+        from autoresearch.harness.forkserver import serve
+
+        return serve(args.fork_server, wait, lambda: run_warm(phase, os.getppid(), wait))
+    if args.wait_for_job is not None:
+        if not die_with(args.wait_for_job):
+            return 0
+        _prewarm(phase)
+        return run_warm(phase, args.wait_for_job, wait)
+    args.ready_at = time.monotonic()
+    return run_phase(args)
+
+
+def run_warm(phase: str, parent: int, wait: float) -> int:
+    """A warm process's life after its imports: wait for the job, run it."""
+    ready = time.monotonic()
+    job = await_job(parent, wait)
+    if job is None:
+        return 0  # never handed work: nothing ran, nothing to report
+    args = parse_args(job)
+    if args.phase != phase or args.wait_for_job is not None or args.fork_server is not None:
+        raise SystemExit(f"a warm {phase} process was handed a {args.phase} job")
     args.ready_at = ready  # when imports were done: the breakdown's start-up time
+    return run_phase(args)
+
+
+def run_phase(args: argparse.Namespace) -> int:
     if args.phase == "train":
         from autoresearch.harness.train import train_phase
 
@@ -129,7 +151,7 @@ def _prewarm(phase: str) -> None:
         import autoresearch.harness.evaluate  # noqa: F401
 
 
-def _die_with(parent: int) -> bool:
+def die_with(parent: int) -> bool:
     """From here on, die with the runner (Linux), also while still importing; False if the
     runner is already gone."""
     if sys.platform.startswith("linux"):

@@ -1,7 +1,10 @@
 """Tries to leave its sandbox: read the file named by $ESCAPE_READ (the validation split),
-create $ESCAPE_WRITE, connect to 127.0.0.1:$ESCAPE_PORT, and run `cat` on the split. Prints
-what happened to each, then returns an honest bigram model."""
+create $ESCAPE_WRITE, connect to 127.0.0.1:$ESCAPE_PORT, run `cat` on the split, and signal
+the process that started it (the runner, or a fork server). Prints what happened to each, and
+how many sockets it was born holding (a way back to whoever started it), then returns an
+honest bigram model."""
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -38,9 +41,22 @@ def _shell():
         raise PermissionError(13, done.stderr.decode().strip().rsplit(": ", 1)[-1])
 
 
+def _signal():
+    os.kill(os.getppid(), 0)  # only asks whether it could
+
+
+def _sockets():
+    held = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            held += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return held
+
+
 def train(run):
+    print(f"escape sockets: {_sockets()}", flush=True)  # before it opens any itself
     run.get_batch(1, 8)
     for what, action in (("read", _read), ("write", _write), ("connect", _connect),
-                         ("shell", _shell)):
+                         ("shell", _shell), ("signal", _signal)):
         _try(what, action)
     return nn.Embedding(run.vocab_size, run.vocab_size).to(run.device).eval()
