@@ -134,3 +134,16 @@ def test_interrupting_or_killing_the_orchestrator_leaves_no_warm_process(
     assert wait_gone(pids, 10.0)  # Ctrl-C: the slot ends them; SIGKILL: they die with it
     runner.kill_stale(tmp_path / runner.WARM_DIR)  # what a resumed loop does
     assert warm_pids(tmp_path) == []
+
+
+def test_a_job_that_trains_longer_than_a_warm_process_waits_is_still_evaluated(
+    prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    # the evaluation process started with the job stops waiting (after 2 s here, 30 minutes
+    # in a loop) while the job still trains: the slot starts another instead of failing it
+    with runner.Slot(tmp_path / "slot", wait=2.0) as slot:
+        m = runner.measure(source=SOURCES / "tiny", data=prepared_data.path,
+                           budget=Budget(kind="time", amount=5), seed=0, device="cpu",
+                           out_dir=tmp_path / "out", slot=slot)
+    assert m.status == RunStatus.ok and m.warm, m.error
+    assert m.val_bpb is not None and m.train_seconds >= 5
