@@ -205,7 +205,13 @@ def test_a_module_that_would_shadow_an_import_trips_the_wire_and_a_readme_does_n
     monkeypatch.setattr(integrity, "watched_roots", lambda: ())
     before = integrity.installed_signature()
     (tmp_path / "README.md").write_text("edited while a loop runs\n")
+    # a folder no import can name (a job's scratch folder, when the path holds the temp dir)
+    (tmp_path / "autoresearch-train-x1y2").mkdir()
+    (tmp_path / "not-a-module.py").write_text("")
     assert integrity.changed_path(before, integrity.installed_signature()) == ""
+    (tmp_path / "numpy").mkdir()  # a package (or namespace package) that would shadow one
+    assert integrity.changed_path(before, integrity.installed_signature()) == str(tmp_path)
+    (tmp_path / "numpy").rmdir()
     (tmp_path / "torch.py").write_text("cross_entropy = None\n")
     assert integrity.changed_path(before, integrity.installed_signature()) == str(tmp_path)
 
