@@ -224,9 +224,11 @@ class Workspace:
         with tempfile.TemporaryFile() as msg:
             msg.write(message.encode("utf-8"))
             msg.seek(0)
-            # the message byte for byte, and a commit even if nothing changed
-            g.execute(["git", "commit", "-q", "--allow-empty", "--allow-empty-message",
-                       "--cleanup=verbatim", "-F", "-"], istream=msg, env=_IDENTITY)
+            # as GitPython's index commit did: the message byte for byte, a commit even if
+            # nothing changed, and no automatic gc or maintenance run after it
+            g.execute(["git", "-c", "maintenance.auto=false", "-c", "gc.auto=0", "commit",
+                       "-q", "--allow-empty", "--allow-empty-message", "--cleanup=verbatim",
+                       "-F", "-"], istream=msg, env=_IDENTITY)
         sha = g.rev_parse("HEAD")
         diff = g.diff(f"{sha}~1", sha)
         return sha, diff + ("\n" if diff else "")
