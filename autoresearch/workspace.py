@@ -229,7 +229,8 @@ class Workspace:
             g.execute(["git", "-c", "maintenance.auto=false", "-c", "gc.auto=0", "commit",
                        "-q", "--allow-empty", "--allow-empty-message", "--cleanup=verbatim",
                        "-F", "-"], istream=msg, env=_IDENTITY)
-        sha = g.rev_parse("HEAD")
+        # the new HEAD read from the worktree's ref files (GitPython, no process)
+        sha = git.SymbolicReference.dereference_recursive(git.Repo(wt), "HEAD")
         diff = g.diff(f"{sha}~1", sha)
         return sha, diff + ("\n" if diff else "")
 
