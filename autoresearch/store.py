@@ -273,6 +273,14 @@ class Store:
             # made before it: IF NOT EXISTS)
             conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_experiment_run_kind_status "
                                  "ON experiment (run_id, kind, status, id)")
+            # and the context's other reads (the baseline, the newest crash, the newest
+            # committed candidate): without them SQLite walks every row of the run by id
+            for name, columns in (("run_kind_id", "(run_id, kind, id)"),
+                                  ("run_status_id", "(run_id, status, id)"),
+                                  ("run_kind_committed", '(run_id, kind, id) '
+                                                         'WHERE "commit" IS NOT NULL')):
+                conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS ix_experiment_{name} "
+                                     f"ON experiment {columns}")
             conn.commit()
 
     def _check_schema(self, read_only: bool = False) -> None:
@@ -354,6 +362,23 @@ class Store:
             if limit is not None:
                 q = q.limit(limit)
             return [_detach(e) for e in s.exec(q)]
+
+    def newest(self, run_id: int, *, status: Sequence[ExperimentStatus] | None = None,
+               kind: str | None = None, has_commit: bool = False) -> Experiment | None:
+        """The run's newest experiment among these (``experiments(..., newest_first=True,
+        limit=1)``), found as the largest id: SQLite answers that from an index, where the
+        newest-first read walks the run's rows one by one until one matches."""
+        conds = [col(Experiment.run_id) == run_id]
+        if status:
+            conds.append(col(Experiment.status).in_(list(status)))
+        if kind is not None:
+            conds.append(col(Experiment.kind) == kind)
+        if has_commit:
+            conds.append(col(Experiment.commit).is_not(None))
+        with self._tx() as s:
+            newest = select_columns(func.max(Experiment.id)).where(*conds).scalar_subquery()
+            row = s.exec(select(Experiment).where(col(Experiment.id) == newest)).first()
+            return None if row is None else _detach(row)
 
     def history(self, run_id: int, *, recent: int) -> tuple[list[HistoryItem], int]:
         """The agent's view of a run's candidates, read without their texts (diff, proposal,

@@ -20,6 +20,7 @@ import contextlib
 import filecmp
 import functools
 import shutil
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,9 @@ from autoresearch.errors import AutoresearchError, UsageError
 
 BASELINE_BRANCH = "baseline"
 _AUTHOR = git.Actor("autoresearch", "autoresearch@localhost")
+# the same identity for the commits made with git's command line
+_IDENTITY = {f"GIT_{who}_{what.upper()}": getattr(_AUTHOR, what)
+             for who in ("AUTHOR", "COMMITTER") for what in ("name", "email")}
 
 
 class WorkspaceError(AutoresearchError):
@@ -200,7 +204,7 @@ class Workspace:
         if wt.exists():
             self.remove_worktree(exp_id, branch, name=name)
         wt.parent.mkdir(parents=True, exist_ok=True)
-        self.repo.git.worktree("prune")
+        self._prune()
         if branch:
             self.repo.git.worktree("add", "-f", "-B", branch, str(wt), base)
         else:
@@ -214,11 +218,20 @@ class Workspace:
             dst = wt / rel
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_text(text, encoding="utf-8")
-        wrepo = git.Repo(wt)
-        wrepo.index.add(list(files))
-        wrepo.index.commit(message, author=_AUTHOR, committer=_AUTHOR)
-        sha = wrepo.head.commit.hexsha
-        diff = wrepo.git.diff(f"{sha}~1", sha)
+        g = git.Git(wt)  # git's command line in the worktree (no Repo: no helper processes)
+        # exactly these paths, ignore rules or not
+        g.execute(["git", "--literal-pathspecs", "add", "-f", "--", *files])
+        with tempfile.TemporaryFile() as msg:
+            msg.write(message.encode("utf-8"))
+            msg.seek(0)
+            # as GitPython's index commit did: the message byte for byte, a commit even if
+            # nothing changed, and no automatic gc or maintenance run after it
+            g.execute(["git", "-c", "maintenance.auto=false", "-c", "gc.auto=0", "commit",
+                       "-q", "--allow-empty", "--allow-empty-message", "--cleanup=verbatim",
+                       "-F", "-"], istream=msg, env=_IDENTITY)
+        # the new HEAD read from the worktree's ref files (GitPython, no process)
+        sha = git.SymbolicReference.dereference_recursive(git.Repo(wt), "HEAD")
+        diff = g.diff(f"{sha}~1", sha)
         return sha, diff + ("\n" if diff else "")
 
     @_locked
@@ -235,7 +248,7 @@ class Workspace:
                 self.repo.git.worktree("remove", "--force", str(wt))
             except git.GitCommandError:
                 shutil.rmtree(wt, ignore_errors=True)
-        self.repo.git.worktree("prune")
+        self._prune()
         if branch and delete_branch:
             with contextlib.suppress(git.GitCommandError):  # already gone
                 self.repo.git.branch("-D", branch)
@@ -250,7 +263,28 @@ class Workspace:
         patch = wt.parent / "replay.patch"
         patch.write_text(diff, encoding="utf-8")
         try:
-            git.Repo(wt).git.apply("--3way", "--whitespace=nowarn", str(patch))
+            git.Git(wt).apply("--3way", "--whitespace=nowarn", str(patch))
         except git.GitCommandError as e:
             msg = (e.stderr or str(e)).strip().splitlines()
             raise UsageError(f"the diff does not apply: {msg[-1] if msg else e}") from e
+
+    def _prune(self) -> None:
+        """``git worktree prune``, run only when it has something to clear: an entry for a
+        worktree whose folder is gone (after a kill mid-removal, a folder removed by hand, or
+        the rmtree fallback above). Checked on disk as prune itself checks: an entry is
+        stale unless it is locked or its gitdir file names a path that exists."""
+        admin = Path(self.repo.git_dir) / "worktrees"
+        try:
+            entries = list(admin.iterdir())
+        except FileNotFoundError:  # no linked worktree at all
+            return
+        for entry in entries:
+            if (entry / "locked").exists():
+                continue
+            try:
+                gitdir = (entry / "gitdir").read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError:
+                gitdir = ""
+            if not gitdir or not (entry / gitdir).exists():
+                self.repo.git.worktree("prune")
+                return

@@ -26,14 +26,11 @@ def build(active: ActiveRun, files: dict[str, str]) -> Context:
     noise = run.noise_std or 0.0
     n = len(active.seeds)
     history, omitted = store.history(run_id, recent=HISTORY_RECENT)
-    last_crash = next(iter(store.experiments(
-        run_id=run_id, status=[ES.crashed, ES.timeout, ES.invalid], limit=1,
-        newest_first=True)), None)
+    last_crash = store.newest(run_id, status=[ES.crashed, ES.timeout, ES.invalid])
     crash_log = None
     if last_crash is not None and last_crash.id is not None:
         crash_log = log_tail(active.ws.exp_dir(last_crash.id), 3000)
-    last = store.experiments(run_id=run_id, kind="candidate", has_commit=True, limit=1,
-                             newest_first=True)
+    last = store.newest(run_id, kind="candidate", has_commit=True)
     return Context(
         files=files, budget=active.budget.describe(), device=run.device,
         baseline=Stats(mean=baseline.val_bpb, std=noise, n=n)
@@ -41,7 +38,7 @@ def build(active: ActiveRun, files: dict[str, str]) -> Context:
         champion=Stats(mean=champ.val_bpb, std=noise, n=n)
         if champ and champ.val_bpb is not None else None,
         history=history, omitted=omitted, last_crash_log=crash_log,
-        curves=curves_mod.context_curves([e for e in (champ, *last) if e is not None],
+        curves=curves_mod.context_curves([e for e in (champ, last) if e is not None],
                                          run.champion_experiment_id, active.ws.exp_dir,
                                          active.seeds),
     )
