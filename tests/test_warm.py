@@ -76,7 +76,10 @@ def test_jobs_in_one_slot_share_no_module_state_and_run_warm(
         spare = warm_pids(tmp_path / "slot")
     assert first.status == second.status == RunStatus.ok, (first.error, second.error)
     assert (first.warm, second.warm) == (True, True)
-    assert second.val_bpb == first.val_bpb  # the same job, warm or not, gives the same number
+    cold = runner.measure(source=SOURCES / "module_state", data=prepared_data.path,
+                          budget=TOKENS, seed=0, device="cpu", out_dir=tmp_path / "cold")
+    assert not cold.warm  # the same job, cold or warm (forked or spawned): the same number
+    assert first.val_bpb == second.val_bpb == cold.val_bpb
     assert second.start_seconds > 0 and second.eval_start_seconds > 0
     # the third job's pair (and the fork servers) ended with the slot
     assert len(spare) == (4 if fork else 2) and wait_gone(spare, 5.0)
