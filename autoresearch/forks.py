@@ -117,8 +117,14 @@ class ForkServer:
             self._heard.wait_for(lambda: pid in self._codes or self.dead, timeout)
             return self._codes.pop(pid, -signal.SIGKILL)
 
+    def retire(self) -> None:
+        """Ask for nothing more: the server exits once its children have (a job still running
+        in one of them is not cut short), telling us their exit codes meanwhile."""
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
     def close(self) -> None:
-        """End the server; its waiting children die with it."""
+        """End the server now; its children die with it."""
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()

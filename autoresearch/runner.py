@@ -456,6 +456,8 @@ class Slot:
     _next: _Pair | None = field(default=None, init=False)
     _count: int = field(default=0, init=False)
     _servers: dict[str, forks.ForkServer] = field(default_factory=dict, init=False)
+    _retired: list[forks.ForkServer] = field(default_factory=list, init=False)
+    _retired_homes: list[Path] = field(default_factory=list, init=False)
     _server_key: tuple[object, ...] | None = field(default=None, init=False)
     _server_home: Path | None = field(default=None, init=False)
 
@@ -523,7 +525,7 @@ class Slot:
                 return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True,
                              server=server)
             except forks.ForkFailed:
-                self._end_servers()  # started afresh for the next job; this one starts cold
+                self._end_servers(now=False)  # new ones for the next job; this one starts cold
         return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True)
 
     def _eval(self, pair: _Pair, env: dict[str, str]) -> _Eval:
@@ -532,7 +534,7 @@ class Slot:
             try:
                 return _start_eval(env, pair.folder / "eval", self.wait, server)
             except forks.ForkFailed:
-                self._end_servers()
+                self._end_servers(now=False)
         return _start_eval(env, pair.folder / "eval", self.wait)
 
     def _server(self, phase: str, key: tuple[object, ...], env: dict[str, str]
@@ -542,7 +544,7 @@ class Slot:
         if not (self.fork and key[2] == "cpu" and forks.available()):
             return None
         if key != self._server_key or not all(s.alive() for s in self._servers.values()):
-            self._end_servers()
+            self._end_servers(now=False)  # a job may still run in a child of one of them
             home = Path(tempfile.mkdtemp(prefix="autoresearch-forkserver-"))
             folder = self.folder / WARM_DIR / f"{os.getpid()}-server-{self._count}"
             self._server_home, self._server_key = home, key
@@ -555,14 +557,27 @@ class Slot:
                     log=folder / f"{name}.log")
         return self._servers[phase]
 
-    def _end_servers(self) -> None:
+    def _end_servers(self, now: bool = True) -> None:
+        """End the fork servers, or (``now=False``) retire them: they exit once their children
+        have, so that replacing a dead or outdated server cuts no running job short."""
         for server in self._servers.values():
-            server.close()
+            if now:
+                server.close()
+            else:
+                server.retire()
+                self._retired.append(server)
+        if self._server_home is not None:
+            self._retired_homes.append(self._server_home)
+        if now:
+            for server in self._retired:
+                server.close()
+            self._retired.clear()
+            for home in self._retired_homes:
+                shutil.rmtree(home, ignore_errors=True)
+            self._retired_homes.clear()
         self._servers.clear()
         self._server_key = None
-        if self._server_home is not None:
-            shutil.rmtree(self._server_home, ignore_errors=True)
-            self._server_home = None
+        self._server_home = None
 
     def discard(self, servers: bool = False) -> None:
         """End the waiting pair, if any (``servers``: the fork servers too)."""

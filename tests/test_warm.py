@@ -150,3 +150,19 @@ def test_a_job_that_trains_longer_than_a_warm_process_waits_is_still_evaluated(
                            out_dir=tmp_path / "out", slot=slot)
     assert m.status == RunStatus.ok and m.warm, m.error
     assert m.val_bpb is not None and m.train_seconds >= 5
+
+
+def test_replacing_a_dead_fork_server_cuts_no_running_job_short(tmp_path: Path) -> None:
+    with runner.Slot(tmp_path, wait=60.0) as slot:
+        env = integrity.child_env(None)
+        key = runner._warm_key(env, "cpu")
+        pair = slot.spawn(key, env, {})  # this job's processes, forked
+        old_train, old_eval = slot._servers["train"].proc, slot._servers["eval"].proc
+        old_eval.kill()  # the evaluation's server dies (a crash, an old kernel's signal)
+        old_eval.wait()
+        slot.start_pair(key, env, {})  # the next job's: both servers are started anew
+        assert slot._servers["train"].proc.pid != old_train.pid
+        # the old training server is only retired: this job's process runs on
+        assert old_train.poll() is None and alive(pair.train.proc.pid)
+        pair.close()  # the job ends; its retired server follows it out on its own
+        assert wait_gone([old_train.pid], 10.0)

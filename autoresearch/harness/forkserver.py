@@ -33,20 +33,23 @@ MAX_FDS = 8
 
 
 def serve(parent: int, wait: float, run_child: Callable[[], int]) -> int:
-    """Fork a child per request until the runner closes the socket, dies, or sends nothing for
-    ``wait`` seconds with no child alive; returns the server's exit code. In a child,
+    """Fork a child per request until the runner stops asking (then wait for the children
+    still running), dies, or sends nothing for ``wait`` seconds with no child alive; returns
+    the server's exit code. In a child,
     ``run_child`` runs and the process ends with its code: this function never returns there."""
     sock = socket.socket(fileno=0)
     me, home = os.getpid(), os.getcwd()
     children: dict[int, int] = {}  # pidfd -> pid
     idle_since = time.monotonic()
+    serving = True  # until the runner retires it: then it only sees its children out
     while True:
         if os.getppid() != parent:
             return 0
         timeout = 1.0 if children else max(0.0, min(1.0, idle_since + wait - time.monotonic()))
-        if not children and timeout <= 0:
+        if not children and (timeout <= 0 or not serving):
             return 0
-        readable: list[int] = select.select([sock.fileno(), *children], [], [], timeout)[0]
+        watched = [sock.fileno()] if serving else []
+        readable: list[int] = select.select([*watched, *children], [], [], timeout)[0]
         for pidfd in [r for r in readable if r != sock.fileno()]:
             pid = children.pop(pidfd)
             os.close(pidfd)
@@ -58,9 +61,10 @@ def serve(parent: int, wait: float, run_child: Callable[[], int]) -> int:
         try:
             data, fds, _, _ = socket.recv_fds(sock, 1 << 20, MAX_FDS)
         except OSError:
-            return 0
-        if not data:
-            return 0  # the runner closed the socket
+            data, fds = b"", []
+        if not data:  # the runner is done asking: its children still run, and die with it
+            serving = False
+            continue
         idle_since = time.monotonic()
         try:
             req = json.loads(data)
