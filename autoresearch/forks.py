@@ -14,12 +14,14 @@ import json
 import os
 import queue
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -38,9 +40,13 @@ def available() -> bool:
 
 
 class ForkServer:
-    def __init__(self, cmd: list[str], *, cwd: Path, env: dict[str, str], pid_file: Path,
-                 log: Path) -> None:
+    """A fork server started in a new empty folder of its own (removed by ``close``), with the
+    environment ``env`` makes for that folder."""
+
+    def __init__(self, cmd: list[str], *, env: Callable[[Path], dict[str, str]],
+                 pid_file: Path, log: Path) -> None:
         self.cmd, self.pid_file = cmd, pid_file
+        self.home = Path(tempfile.mkdtemp(prefix="autoresearch-forkserver-"))
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.sock = ours
         self._lock = threading.Lock()  # one request at a time
@@ -51,11 +57,12 @@ class ForkServer:
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
             with theirs, log.open("ab") as out:
-                self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=theirs.fileno(),
-                                             stdout=out, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(cmd, cwd=self.home, env=env(self.home),
+                                             stdin=theirs.fileno(), stdout=out,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
         except BaseException:
             ours.close()
+            shutil.rmtree(self.home, ignore_errors=True)
             raise
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(str(self.proc.pid), encoding="utf-8")
@@ -132,6 +139,7 @@ class ForkServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         self.pid_file.unlink(missing_ok=True)
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 class Forked:
@@ -156,11 +164,8 @@ class Forked:
     def wait(self, timeout: float | None = None) -> int:
         if self.returncode is not None:
             return self.returncode
-        if self._pidfd >= 0:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([self._pidfd], [], [], left)[0]:
-                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+        if self._pidfd >= 0 and not select.select([self._pidfd], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
         self._reap()
         assert self.returncode is not None
         return self.returncode

@@ -57,6 +57,7 @@ PID_FILE = "job.pid"  # the running job's process group, while it runs
 WARM_DIR = "warm"  # under a slot's folder: one folder (with a pid file) per waiting process
 LOG_HEAD = LOG_TAIL = 64 * 1024  # bytes of run.log kept from the start and from the end
 _M = TypeVar("_M", bound=BaseModel)
+_T = TypeVar("_T")
 # The evaluation process runs trusted code only, never anything from its working directory: it
 # starts with -S -E (no site-packages .pth files or sitecustomize run, no PYTHON* variables
 # read) and gets the import path this process had, as an argument.
@@ -279,7 +280,7 @@ class _Proc:
     def __init__(self, cmd: list[str], *, cwd: Path, env: dict[str, str], pid_file: Path,
                  log: BoundedLog | None = None, pass_fds: tuple[int, ...] = (),
                  job_pipe: bool = False, server: forks.ForkServer | None = None) -> None:
-        self.cmd, self.pid_file = cmd, pid_file
+        self.cmd, self.pid_file, self.forked = cmd, pid_file, server is not None
         self._log: BoundedLog | None = None
         self._early = bytearray()  # output before a log is attached
         self._lock = threading.Lock()
@@ -306,7 +307,7 @@ class _Proc:
 
     def _attach(self, log: BoundedLog) -> None:
         shown = " ".join(a for a in self.cmd[1:] if a != _EVAL_BOOT)
-        if isinstance(getattr(self, "proc", None), forks.Forked):
+        if self.forked:
             shown += ", forked by its phase's fork server"
         with self._lock:
             log.write(f"\n== python {shown} ==\n".encode())
@@ -457,9 +458,7 @@ class Slot:
     _count: int = field(default=0, init=False)
     _servers: dict[str, forks.ForkServer] = field(default_factory=dict, init=False)
     _retired: list[forks.ForkServer] = field(default_factory=list, init=False)
-    _retired_homes: list[Path] = field(default_factory=list, init=False)
     _server_key: tuple[object, ...] | None = field(default=None, init=False)
-    _server_home: Path | None = field(default=None, init=False)
 
     def take(self, key: tuple[object, ...]) -> _Pair | None:
         """The waiting pair, if it was started for jobs like this one and is still alive."""
@@ -520,22 +519,23 @@ class Slot:
 
     def _proc(self, cmd: list[str], cwd: Path, env: dict[str, str], warm: Path,
               server: forks.ForkServer | None) -> _Proc:
-        if server is not None:
-            try:
-                return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True,
-                             server=server)
-            except forks.ForkFailed:
-                self._end_servers(now=False)  # new ones for the next job; this one starts cold
-        return _Proc(cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True)
+        return self._forked(server, lambda srv: _Proc(
+            cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True, server=srv))
 
     def _eval(self, pair: _Pair, env: dict[str, str]) -> _Eval:
-        server = self._server("eval", pair.key, env)
+        return self._forked(self._server("eval", pair.key, env),
+                            lambda srv: _start_eval(env, pair.folder / "eval", self.wait, srv))
+
+    def _forked(self, server: forks.ForkServer | None,
+                start: Callable[[forks.ForkServer | None], _T]) -> _T:
+        """``start`` through ``server`` where there is one; if it cannot fork, the servers are
+        retired (new ones for the next process) and this one is started on its own."""
         if server is not None:
             try:
-                return _start_eval(env, pair.folder / "eval", self.wait, server)
+                return start(server)
             except forks.ForkFailed:
                 self._end_servers(now=False)
-        return _start_eval(env, pair.folder / "eval", self.wait)
+        return start(None)
 
     def _server(self, phase: str, key: tuple[object, ...], env: dict[str, str]
                 ) -> forks.ForkServer | None:
@@ -545,39 +545,30 @@ class Slot:
             return None
         if key != self._server_key or not all(s.alive() for s in self._servers.values()):
             self._end_servers(now=False)  # a job may still run in a child of one of them
-            home = Path(tempfile.mkdtemp(prefix="autoresearch-forkserver-"))
             folder = self.folder / WARM_DIR / f"{os.getpid()}-server-{self._count}"
-            self._server_home, self._server_key = home, key
+            self._server_key = key
             for name, cmd, server_env in (
                     ("train", _train_cmd("--fork-server", self.wait),
-                     integrity.training_env(env, home)),
-                    ("eval", _eval_cmd("--fork-server", self.wait), env)):
+                     lambda home: integrity.training_env(env, home)),
+                    ("eval", _eval_cmd("--fork-server", self.wait), lambda home: env)):
                 self._servers[name] = forks.ForkServer(
-                    cmd, cwd=home, env=server_env, pid_file=folder / name / PID_FILE,
+                    cmd, env=server_env, pid_file=folder / name / PID_FILE,
                     log=folder / f"{name}.log")
         return self._servers[phase]
 
     def _end_servers(self, now: bool = True) -> None:
         """End the fork servers, or (``now=False``) retire them: they exit once their children
         have, so that replacing a dead or outdated server cuts no running job short."""
-        for server in self._servers.values():
-            if now:
-                server.close()
-            else:
-                server.retire()
-                self._retired.append(server)
-        if self._server_home is not None:
-            self._retired_homes.append(self._server_home)
         if now:
-            for server in self._retired:
+            for server in [*self._servers.values(), *self._retired]:
                 server.close()
             self._retired.clear()
-            for home in self._retired_homes:
-                shutil.rmtree(home, ignore_errors=True)
-            self._retired_homes.clear()
+        else:
+            for server in self._servers.values():
+                server.retire()
+            self._retired.extend(self._servers.values())
         self._servers.clear()
         self._server_key = None
-        self._server_home = None
 
     def discard(self, servers: bool = False) -> None:
         """End the waiting pair, if any (``servers``: the fork servers too)."""
@@ -679,9 +670,6 @@ class BoundedLog:
 def _wait_exit(proc: subprocess.Popen[bytes] | forks.Forked, timeout: float) -> None:
     """``proc.wait(timeout)``, woken by the exit itself where Linux offers a pidfd: Popen's
     own wait polls, sleeping up to 50 ms between looks, twice per measurement."""
-    if isinstance(proc, forks.Forked):  # waits on a pidfd already
-        proc.wait(timeout)
-        return
     try:
         pidfd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
