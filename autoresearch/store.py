@@ -187,6 +187,21 @@ def _detach(row: T) -> T:
     return type(row).model_validate(row.model_dump())
 
 
+def _matching(run_id: int | None, status: Sequence[ExperimentStatus] | None, kind: str | None,
+              has_commit: bool) -> list[Any]:
+    """The conditions of an experiments query (``Store.experiments``, ``Store.newest``)."""
+    conds: list[Any] = []
+    if run_id is not None:
+        conds.append(col(Experiment.run_id) == run_id)
+    if status:
+        conds.append(col(Experiment.status).in_(list(status)))
+    if kind is not None:
+        conds.append(col(Experiment.kind) == kind)
+    if has_commit:
+        conds.append(col(Experiment.commit).is_not(None))
+    return conds
+
+
 class Store:
     """One SQLite file. ``Store(Path)`` opens (and creates) it; ``Store(None)`` is in-memory."""
 
@@ -349,15 +364,7 @@ class Store:
         has_commit: bool = False,
     ) -> list[Experiment]:
         with self._tx() as s:
-            q = select(Experiment)
-            if run_id is not None:
-                q = q.where(Experiment.run_id == run_id)
-            if status:
-                q = q.where(col(Experiment.status).in_(list(status)))
-            if kind is not None:
-                q = q.where(Experiment.kind == kind)
-            if has_commit:
-                q = q.where(col(Experiment.commit).is_not(None))
+            q = select(Experiment).where(*_matching(run_id, status, kind, has_commit))
             q = q.order_by(col(Experiment.id).desc() if newest_first else col(Experiment.id))
             if limit is not None:
                 q = q.limit(limit)
@@ -368,15 +375,9 @@ class Store:
         """The run's newest experiment among these (``experiments(..., newest_first=True,
         limit=1)``), found as the largest id: SQLite answers that from an index, where the
         newest-first read walks the run's rows one by one until one matches."""
-        conds = [col(Experiment.run_id) == run_id]
-        if status:
-            conds.append(col(Experiment.status).in_(list(status)))
-        if kind is not None:
-            conds.append(col(Experiment.kind) == kind)
-        if has_commit:
-            conds.append(col(Experiment.commit).is_not(None))
         with self._tx() as s:
-            newest = select_columns(func.max(Experiment.id)).where(*conds).scalar_subquery()
+            newest = select_columns(func.max(Experiment.id)).where(
+                *_matching(run_id, status, kind, has_commit)).scalar_subquery()
             row = s.exec(select(Experiment).where(col(Experiment.id) == newest)).first()
             return None if row is None else _detach(row)
 
