@@ -243,13 +243,7 @@ class RayWorker:
     def _finish(self, job: Job, started: float, node: str | None,
                 result: dict[str, Any]) -> Metrics:
         out = job.out_dir
-        out.mkdir(parents=True, exist_ok=True)
-        for rel, content in result["files"].items():
-            path = Path(rel)
-            if path.is_absolute() or ".." in path.parts:
-                continue
-            (out / path).parent.mkdir(parents=True, exist_ok=True)
-            (out / path).write_bytes(content)
+        _unpack(result["files"], out)
         metrics = Metrics.model_validate_json(result["metrics"])
         return self._record(metrics, out, started, node)
 
@@ -464,13 +458,7 @@ def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
     path = sys.path[:]
     try:
         source, out = job_dir / "source", job_dir / "out"
-        for rel, content in spec["files"].items():
-            target = source / rel
-            if Path(rel).is_absolute() or ".." in Path(rel).parts:
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
-        source.mkdir(exist_ok=True)
+        _unpack(spec["files"], source)
         try:
             data = _node_dataset(root / "datasets", str(spec["sha256"]), spec["dataset"], node)
         except DataError as e:
@@ -495,6 +483,18 @@ def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
             reaper.stdin.close()
         with contextlib.suppress(subprocess.TimeoutExpired):
             reaper.wait(timeout=10)
+
+
+def _unpack(files: dict[str, bytes], folder: Path) -> None:
+    """Write ``files`` (relative path -> bytes) under ``folder``, skipping any path that would
+    leave it; the folder exists afterwards even if there was nothing to write."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, content in files.items():
+        path = Path(rel)
+        if path.is_absolute() or ".." in path.parts:
+            continue
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        (folder / path).write_bytes(content)
 
 
 def _refused(seed: int, device: str, spec: dict[str, Any], error: str) -> dict[str, Any]:
