@@ -481,7 +481,7 @@ class Slot:
         """Start the next pair's evaluation process, if it has none yet."""
         pair = self._next
         if pair is not None and pair.eval is None:
-            pair.eval = self._eval(pair, env)
+            pair.eval = self._eval(pair.key, pair.folder, env)
 
     def eval_for(self, pair: _Pair, env: dict[str, str]) -> _Eval:
         """The pair's evaluation process, started now if it has none or it is gone (a warm one
@@ -490,7 +490,7 @@ class Slot:
             pair.eval.close()
             pair.eval = None
         if pair.eval is None:
-            pair.eval = self._eval(pair, env)
+            pair.eval = self._eval(pair.key, pair.folder, env)
         return pair.eval
 
     def spawn(self, key: tuple[object, ...], env: dict[str, str],
@@ -500,31 +500,29 @@ class Slot:
         could have run since."""
         self._count += 1
         warm = self.folder / WARM_DIR / f"{os.getpid()}-{self._count}"
+        # the evaluation first: training is what the job is handed next, so nothing (such as
+        # a fork server's imports) should stand between its start and its job
+        ev = self._eval(key, warm, env) if with_eval else None
         scratch = Path(tempfile.mkdtemp(prefix="autoresearch-train-"))
         try:
             server = self._server("train", key, env)
             train = self._proc(_train_cmd("--wait-for-job", self.wait), scratch,
                                integrity.training_env(env, scratch), warm / "train", server)
-            pair = _Pair(key, scratch, warm, train, None, installed)
-            try:
-                if with_eval:
-                    pair.eval = self._eval(pair, env)
-            except BaseException:
-                train.kill()
-                raise
         except BaseException:
+            if ev is not None:
+                ev.close()
             shutil.rmtree(scratch, ignore_errors=True)
             raise
-        return pair
+        return _Pair(key, scratch, warm, train, ev, installed)
 
     def _proc(self, cmd: list[str], cwd: Path, env: dict[str, str], warm: Path,
               server: forks.ForkServer | None) -> _Proc:
         return self._forked(server, lambda srv: _Proc(
             cmd, cwd=cwd, env=env, pid_file=warm / PID_FILE, job_pipe=True, server=srv))
 
-    def _eval(self, pair: _Pair, env: dict[str, str]) -> _Eval:
-        return self._forked(self._server("eval", pair.key, env),
-                            lambda srv: _start_eval(env, pair.folder / "eval", self.wait, srv))
+    def _eval(self, key: tuple[object, ...], folder: Path, env: dict[str, str]) -> _Eval:
+        return self._forked(self._server("eval", key, env),
+                            lambda srv: _start_eval(env, folder / "eval", self.wait, srv))
 
     def _forked(self, server: forks.ForkServer | None,
                 start: Callable[[forks.ForkServer | None], _T]) -> _T:
