@@ -118,7 +118,9 @@ def curves_axes(ax: Axes, lines: Sequence[tuple[str, list[tuple[float, float]], 
     for label, pairs, style in lines:
         if pairs:
             xs, ys = zip(*pairs, strict=True)
-            ax.plot(xs, ys, label=label, lw=1.5, **style)  # type: ignore[arg-type]
+            # a curve of one logged point (a short budget) is a dot, not an invisible line
+            marker = {"marker": "o", "ms": 4} if len(pairs) == 1 else {}
+            ax.plot(xs, ys, label=label, lw=1.5, **(marker | style))  # type: ignore[arg-type]
     if not any(pairs for _, pairs, _ in lines):
         ax.text(0.5, 0.5, "no training curves recorded", transform=ax.transAxes, ha="center",
                 va="center", color=GREY, fontsize=12)
