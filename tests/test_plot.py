@@ -106,3 +106,14 @@ def test_a_run_with_nothing_measured_still_plots(tmp_path: Path) -> None:
                   branch="run/1", baseline_commit="a", champion_commit="a")
     fig = plot.progress_figure(store, store.runs()[0], tmp_path)
     assert "nothing measured yet" in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_a_curve_of_one_logged_point_is_drawn_as_a_dot() -> None:
+    # under a short budget train() may log once: a line through one point would not show
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    plot.curves_axes(ax, [("seed 0", [(51200.0, 3.15)], {}),
+                          ("seed 1", [(0.0, 5.5), (51200.0, 3.2)], {})])
+    one, two = ax.get_lines()
+    assert one.get_marker() == "o" and two.get_marker() in ("None", None, "")
