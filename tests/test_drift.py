@@ -34,13 +34,13 @@ from benchmarks.cpu_load import CpuLoad
 LOOP_SOURCE = Path(__file__).parent / "loop_source" / "train.py"
 # a learning rate at which the bigram model is still learning when a 2 s budget ends, so the
 # steps a slow machine loses show in val_bpb
-SOURCE = re.sub(r"^LEARNING_RATE = .*$", "LEARNING_RATE = 1e-3",
+SOURCE = re.sub(r"^LEARNING_RATE = .*$", "LEARNING_RATE = 3e-4",
                 LOOP_SOURCE.read_text(encoding="utf-8"), count=1, flags=re.M)
 NULL = {"title": "Add a comment", "rationale": "changes nothing",
         "edits": [{"path": "train.py", "search": "def train(run):",
                    "replace": "# the whole training loop\ndef train(run):"}]}
-BETTER = {"title": "Raise the learning rate", "rationale": "1e-3 learns slowly",
-          "edits": [{"path": "train.py", "search": "LEARNING_RATE = 1e-3",
+BETTER = {"title": "Raise the learning rate", "rationale": "3e-4 learns slowly",
+          "edits": [{"path": "train.py", "search": "LEARNING_RATE = 3e-4",
                      "replace": "LEARNING_RATE = 3e-2"}]}
 
 
@@ -158,7 +158,7 @@ def test_a_champion_that_fails_its_re_measurement_leaves_the_candidate_discarded
                                               encoding="utf-8")
     script = tmp_path / "script.json"
     # the candidate is a whole clean file: the guard would refuse the trigger in a proposal
-    clean = SOURCE.replace("LEARNING_RATE = 1e-3", "LEARNING_RATE = 3e-2")
+    clean = SOURCE.replace("LEARNING_RATE = 3e-4", "LEARNING_RATE = 3e-2")
     script.write_text(json.dumps([{"title": "Raise the learning rate", "edits": [
         {"path": "train.py", "content": clean}]}]), encoding="utf-8")
     settings = Settings.exactly(dict(workspace=ws, agent="mock", script=script, seeds=2,
