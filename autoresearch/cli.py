@@ -154,9 +154,10 @@ def train(
         if not as_json:
             err.print(f"training {src} on {dev} for {budget.describe()} ({d.name}); "
                       f"log: {out_dir / 'run.log'}", markup=False)
-        m = runner.measure(source=src.resolve(), data=d.path, budget=budget, seed=seed,
-                           device=dev, out_dir=out_dir, setup_cap=s.setup_cap,
-                           timeout=s.timeout, gpu=s.gpu, sandbox=s.sandbox)
+        m = runner.measure(runner.Job(
+            source=src.resolve(), data=d.path, budget=budget, seed=seed, device=dev,
+            out_dir=out_dir, setup_cap=s.setup_cap, timeout=s.timeout, sandbox=s.sandbox),
+            gpu=s.gpu)
         if as_json:
             out.print_json(m.model_dump_json())
         else:

@@ -8,6 +8,7 @@ cluster node. Tests and benchmarks give the loop a fake worker instead of patchi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -16,23 +17,10 @@ from typing import Protocol
 
 from autoresearch import runner
 from autoresearch.errors import UsageError
-from autoresearch.metrics import SETUP_CAP, Budget, Metrics
+from autoresearch.metrics import Metrics
+from autoresearch.runner import Job
 
-
-@dataclass(frozen=True)
-class Job:
-    """One training + evaluation of ``source`` on one seed (runner.measure's arguments)."""
-
-    source: Path  # a folder with the editable files (a worktree)
-    data: Path  # the prepared dataset's folder
-    budget: Budget
-    seed: int
-    device: str  # "cpu", "cuda", "mps": a worker's GPU is given by its CUDA_VISIBLE_DEVICES
-    out_dir: Path  # run.log, metrics.json (and the curve) are written here
-    setup_cap: float = SETUP_CAP
-    timeout: float | None = None
-    sandbox: bool = True
-    expect_sha256: str | None = None  # refuse any other dataset, before training
+__all__ = ["Job", "LocalWorker", "Worker", "local_workers"]
 
 
 class Worker(Protocol):
@@ -63,11 +51,8 @@ class LocalWorker:
             self._slot = runner.Slot(self.folder)
         # a worker's processes see only its GPU, as their device 0
         device = "cuda" if self.gpu is not None and job.device.startswith("cuda") else job.device
-        m = runner.measure(source=job.source, data=job.data, budget=job.budget, seed=job.seed,
-                           device=device, out_dir=job.out_dir, setup_cap=job.setup_cap,
-                           timeout=job.timeout, gpu=self.gpu, sandbox=job.sandbox,
-                           expect_sha256=job.expect_sha256, slot=self._slot,
-                           threads=self.threads)
+        m = runner.measure(dataclasses.replace(job, device=device), slot=self._slot,
+                           gpu=self.gpu, threads=self.threads)
         return m.model_copy(update={"worker": self.name})
 
     def close(self) -> None:

@@ -468,11 +468,11 @@ def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
         driver = set(spec["driver_paths"])
         while sys.path and sys.path[0] in driver:
             del sys.path[0]
-        metrics = runner.measure(
+        metrics = runner.measure(runner.Job(
             source=source, data=data, budget=Budget.model_validate(spec["budget"]), seed=seed,
             device=device, out_dir=out, setup_cap=float(spec["setup_cap"]),
             timeout=spec["timeout"], sandbox=bool(spec["sandbox"]),
-            expect_sha256=spec["expect_sha256"], threads=spec["threads"])
+            expect_sha256=spec["expect_sha256"]), threads=spec["threads"])
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file() and p.name != runner.PID_FILE and not p.name.endswith(".tmp")}
         return {"metrics": metrics.model_dump_json(), "files": files}

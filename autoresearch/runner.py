@@ -80,35 +80,38 @@ def resolve_device(device: str) -> str:
     raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
 
 
-def measure(
-    *,
-    source: Path,
-    data: Path,
-    budget: Budget,
-    seed: int,
-    device: str,
-    out_dir: Path,
-    setup_cap: float = SETUP_CAP,
-    timeout: float | None = None,
-    gpu: str | None = None,
-    seq_len: int = 256,
-    echo: bool = False,
-    sandbox: bool = True,
-    expect_sha256: str | None = None,
-    slot: Slot | None = None,
-    threads: int | None = None,
-) -> Metrics:
-    """Train ``source`` under ``budget`` and evaluate it; write out_dir/{run.log,metrics.json}.
+@dataclass(frozen=True)
+class Job:
+    """One training + evaluation of ``source`` on one seed: everything a measurement needs to
+    know, as one value (a worker adds where it runs: its GPU, its threads, its warm slot)."""
+
+    source: Path  # a folder with the editable files (a worktree)
+    data: Path  # the prepared dataset's folder
+    budget: Budget
+    seed: int
+    device: str  # "cpu", "cuda", "mps": a worker's GPU is given by its CUDA_VISIBLE_DEVICES
+    out_dir: Path  # run.log, metrics.json (and the curve) are written here
+    setup_cap: float = SETUP_CAP
+    timeout: float | None = None  # overrides the training process's hard deadline
+    sandbox: bool = True  # fence the training process in with Landlock where the OS has it
+    expect_sha256: str | None = None  # refuse any other dataset, before training
+    seq_len: int = 256  # the evaluation's context length
+
+
+def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
+            threads: int | None = None, echo: bool = False) -> Metrics:
+    """Train ``job.source`` under its budget and evaluate it; write
+    ``job.out_dir``/{run.log,metrics.json}.
 
     Never raises for a failed job: the returned Metrics has a non-ok status and an error.
-    ``timeout`` overrides the training process's hard deadline; ``echo`` also copies the
-    processes' output to this process's stdout; ``sandbox`` fences the training process in
-    with Landlock where the OS has it (autoresearch/sandbox.py); ``expect_sha256`` refuses,
-    before training, a dataset other than the one a run was measured on. With a ``slot``, the
-    job runs in processes the slot started earlier where it can, and the slot starts the
-    next job's while this one trains. ``threads``: torch/OpenMP threads of each process
-    (jobs side by side on shared cores).
+    With a ``slot``, the job runs in processes the slot started earlier where it can, and the
+    slot starts the next job's while this one trains. ``gpu``: the only GPU its processes see;
+    ``threads``: torch/OpenMP threads of each process (jobs side by side on shared cores);
+    ``echo`` also copies the processes' output to this process's stdout.
     """
+    source, data, budget, seed, device = job.source, job.data, job.budget, job.seed, job.device
+    out_dir, setup_cap, timeout, seq_len = job.out_dir, job.setup_cap, job.timeout, job.seq_len
+    sandbox, expect_sha256 = job.sandbox, job.expect_sha256
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     metrics = Metrics(status=RunStatus.crash, seed=seed, device=device, seq_len=seq_len,

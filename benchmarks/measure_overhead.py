@@ -38,8 +38,8 @@ def series(source: Path, budget: Budget, prepared: data.PreparedData, repeats: i
     warm = way != "cold"
     with runner.Slot(tmp / f"slot-{way}", fork=way == "forked") as slot:
         for i in range(repeats + (1 if warm else 0)):  # warm: the first job starts the chain
-            m = runner.measure(source=source, data=prepared.path, budget=budget, seed=i,
-                               device="cpu", out_dir=tmp / f"{way}-{i}",
+            m = runner.measure(runner.Job(source=source, data=prepared.path, budget=budget,
+                                          seed=i, device="cpu", out_dir=tmp / f"{way}-{i}"),
                                slot=slot if warm else None)
             if not m.ok:
                 raise SystemExit(f"measurement failed: {m.status.value}: {m.error}")

@@ -130,9 +130,10 @@ def main() -> None:
                         elif way == "ray":
                             m = ray.measure(job)
                         else:
-                            m = runner.measure(source=job.source, data=job.data, budget=budget,
-                                               seed=i, device="cpu", out_dir=job.out_dir,
-                                               expect_sha256=prepared.sha256, threads=1)
+                            m = runner.measure(runner.Job(
+                                source=job.source, data=job.data, budget=budget, seed=i,
+                                device="cpu", out_dir=job.out_dir,
+                                expect_sha256=prepared.sha256), threads=1)
                         walls[way].append(time.monotonic() - t0)
                         parts[way].append([getattr(m, part) for part in PARTS])
                         if not m.ok:

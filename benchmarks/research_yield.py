@@ -86,8 +86,9 @@ def run(args: argparse.Namespace, ws: Path) -> int:
     values: dict[str, dict[int, float]] = {"baseline": {}, "champion": {}}
     for seed in fresh:
         for name, src in (("baseline", ws / "baseline"), ("champion", champion)):
-            m = runner.measure(source=src, data=prepared.path, budget=budget, seed=seed,
-                               device=args.device, out_dir=ws / "fresh" / name / str(seed))
+            m = runner.measure(runner.Job(source=src, data=prepared.path, budget=budget,
+                                          seed=seed, device=args.device,
+                                          out_dir=ws / "fresh" / name / str(seed)))
             if not m.ok or m.val_bpb is None:
                 print(f"research_yield: {name} seed {seed}: {m.status.value}: {m.error}")
                 return 1

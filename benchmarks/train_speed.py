@@ -45,8 +45,9 @@ def main() -> int:
     bpbs = []
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         for seed in range(args.seeds):
-            m = runner.measure(source=args.source, data=prepared.path, budget=budget,
-                               seed=seed, device=args.device, out_dir=Path(tmp) / str(seed))
+            m = runner.measure(runner.Job(source=args.source, data=prepared.path, budget=budget,
+                                          seed=seed, device=args.device,
+                                          out_dir=Path(tmp) / str(seed)))
             if not m.ok:
                 print(f"seed {seed}: {m.status.value}: {(m.error or '').splitlines()[0]}")
                 return 1

@@ -24,8 +24,8 @@ UNIGRAM_BITS = 4.31  # entropy of the generated corpus's byte frequencies
 
 
 def measure(data: PreparedData, out: Path, budget: Budget = TOKENS, seed: int = 0) -> Metrics:
-    return runner.measure(source=BASELINE, data=data.path, budget=budget, seed=seed,
-                          device="cpu", out_dir=out)
+    return runner.measure(runner.Job(source=BASELINE, data=data.path, budget=budget, seed=seed,
+                                     device="cpu", out_dir=out))
 
 
 @pytest.fixture(scope="module")

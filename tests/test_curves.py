@@ -69,9 +69,9 @@ def test_a_measurement_writes_its_curve_beside_run_log_and_show_summarises_it(
         tmp_path: Path) -> None:
     prepared = data.prepare(str(bigram_corpus(tmp_path / "corpus.txt")), cache=tmp_path / "c")
     out = tmp_path / "experiments" / "1" / "seed-0"
-    m = runner.measure(source=LOOP_SOURCE, data=prepared.path,
-                       budget=Budget(kind="tokens", amount=8192), seed=0, device="cpu",
-                       out_dir=out)
+    m = runner.measure(runner.Job(source=LOOP_SOURCE, data=prepared.path,
+                                  budget=Budget(kind="tokens", amount=8192), seed=0,
+                                  device="cpu", out_dir=out))
     assert m.ok, m.error
     assert (out / "run.log").is_file()
     points = curves.read(out / "curve.jsonl")

@@ -66,8 +66,9 @@ def trained(prepared_data: PreparedData, tmp_path_factory: pytest.TempPathFactor
         src = root / entry.id / "src"
         src.mkdir(parents=True)
         (src / "train.py").write_text(edits.apply_edits(FILES, proposal.edits)["train.py"])
-        return entry.id, runner.measure(source=src, data=prepared_data.path, budget=TOKENS,
-                                        seed=0, device="cpu", out_dir=root / entry.id / "out")
+        return entry.id, runner.measure(runner.Job(
+            source=src, data=prepared_data.path, budget=TOKENS, seed=0, device="cpu",
+            out_dir=root / entry.id / "out"))
 
     with ThreadPoolExecutor(2) as pool:
         return dict(pool.map(one, PRIMARY))

@@ -26,7 +26,8 @@ UNIGRAM_BITS = 4.31  # entropy of the generated corpus's byte frequencies
 
 def run_source(source: Path, data: PreparedData, out: Path, **kw: object) -> Metrics:
     kw = {"budget": TOKENS, "seed": 0, "device": "cpu", **kw}
-    return runner.measure(source=source, data=data.path, out_dir=out, **kw)  # type: ignore[arg-type]
+    return runner.measure(runner.Job(source=source, data=data.path, out_dir=out,
+                                     **kw))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,9 @@ def test_train_command_writes_metrics_and_exits_non_zero_on_failure(tmp_path: Pa
 
 
 def test_measure_never_raises_for_a_bad_job(tmp_path: Path) -> None:
-    metrics = runner.measure(source=SOURCES / "tiny", data=tmp_path / "missing", budget=TOKENS,
-                             seed=0, device="cpu", out_dir=tmp_path / "out")
+    metrics = runner.measure(runner.Job(source=SOURCES / "tiny", data=tmp_path / "missing",
+                                        budget=TOKENS, seed=0, device="cpu",
+                                        out_dir=tmp_path / "out"))
     assert metrics.status == RunStatus.crash and "not a prepared dataset" in str(metrics.error)
     assert Metrics.read(tmp_path / "out" / "metrics.json").status == RunStatus.crash
 

@@ -38,8 +38,9 @@ def escape(prepared: PreparedData, tmp: Path, port: int, mp: pytest.MonkeyPatch,
     mp.setenv("ESCAPE_READ", str(prepared.path / "val.bin"))
     mp.setenv("ESCAPE_WRITE", str(planted))
     mp.setenv("ESCAPE_PORT", str(port))
-    m = runner.measure(source=SOURCE, data=prepared.path, budget=Budget(kind="tokens",
-                       amount=4096), seed=0, device="cpu", out_dir=tmp / "out", sandbox=on)
+    m = runner.measure(runner.Job(source=SOURCE, data=prepared.path,
+                                  budget=Budget(kind="tokens", amount=4096), seed=0,
+                                  device="cpu", out_dir=tmp / "out", sandbox=on))
     said = {}
     for line in (tmp / "out" / "run.log").read_text().splitlines():
         if line.startswith("escape "):
@@ -82,8 +83,9 @@ def test_a_dataset_inside_a_readable_folder_is_flagged(tmp_path: Path) -> None:
     shutil.copytree(Path(__file__).parent / "sources" / "tiny", source)
     (tmp_path / "corpus.txt").write_text(generated_text(30_000), encoding="utf-8")
     inside = data.prepare(str(tmp_path / "corpus.txt"), cache=source / "cache")
-    m = runner.measure(source=source, data=inside.path, budget=Budget(kind="tokens", amount=4096),
-                       seed=0, device="cpu", out_dir=tmp_path / "out")
+    m = runner.measure(runner.Job(source=source, data=inside.path,
+                                  budget=Budget(kind="tokens", amount=4096), seed=0,
+                                  device="cpu", out_dir=tmp_path / "out"))
     assert m.status == RunStatus.ok, m.error
     if ABI:
         assert m.sandbox == (f"landlock v{ABI} (but the dataset is inside {source}, which "

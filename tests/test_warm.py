@@ -46,8 +46,8 @@ def wait_gone(pids: list[int], seconds: float) -> bool:
 
 
 def measure(source: Path, data: PreparedData, out: Path, slot: runner.Slot) -> Metrics:
-    return runner.measure(source=source, data=data.path, budget=TOKENS, seed=0, device="cpu",
-                          out_dir=out, slot=slot)
+    return runner.measure(runner.Job(source=source, data=data.path, budget=TOKENS, seed=0,
+                                     device="cpu", out_dir=out), slot=slot)
 
 
 def test_a_warm_process_never_handed_work_exits_on_its_own(tmp_path: Path) -> None:
@@ -76,8 +76,9 @@ def test_jobs_in_one_slot_share_no_module_state_and_run_warm(
         spare = warm_pids(tmp_path / "slot")
     assert first.status == second.status == RunStatus.ok, (first.error, second.error)
     assert (first.warm, second.warm) == (True, True)
-    cold = runner.measure(source=SOURCES / "module_state", data=prepared_data.path,
-                          budget=TOKENS, seed=0, device="cpu", out_dir=tmp_path / "cold")
+    cold = runner.measure(runner.Job(source=SOURCES / "module_state", data=prepared_data.path,
+                                     budget=TOKENS, seed=0, device="cpu",
+                                     out_dir=tmp_path / "cold"))
     assert not cold.warm  # the same job, cold or warm (forked or spawned): the same number
     assert first.val_bpb == second.val_bpb == cold.val_bpb
     assert second.start_seconds > 0 and second.eval_start_seconds > 0
@@ -95,7 +96,7 @@ def test_a_warm_job_runs_in_the_same_sandbox(
 ) -> None:
     with runner.Slot(tmp_path / "slot", fork=fork) as slot:
         real = runner.measure
-        monkeypatch.setattr(runner, "measure", lambda **kw: real(**kw, slot=slot))
+        monkeypatch.setattr(runner, "measure", lambda job, **kw: real(job, **kw, slot=slot))
         escape(prepared_data, tmp_path / "cold", listener, monkeypatch, on=True)
         m, said, planted = escape(prepared_data, tmp_path, listener, monkeypatch, on=True)
     assert m.status == RunStatus.ok and m.warm, m.error
@@ -145,9 +146,9 @@ def test_a_job_that_trains_longer_than_a_warm_process_waits_is_still_evaluated(
     # the evaluation process started with the job stops waiting (after 2 s here, 30 minutes
     # in a loop) while the job still trains: the slot starts another instead of failing it
     with runner.Slot(tmp_path / "slot", wait=2.0) as slot:
-        m = runner.measure(source=SOURCES / "tiny", data=prepared_data.path,
-                           budget=Budget(kind="time", amount=5), seed=0, device="cpu",
-                           out_dir=tmp_path / "out", slot=slot)
+        m = runner.measure(runner.Job(source=SOURCES / "tiny", data=prepared_data.path,
+                                      budget=Budget(kind="time", amount=5), seed=0,
+                                      device="cpu", out_dir=tmp_path / "out"), slot=slot)
     assert m.status == RunStatus.ok and m.warm, m.error
     assert m.val_bpb is not None and m.train_seconds >= 5
 

@@ -147,9 +147,9 @@ def measured(holes: Path) -> Iterator[dict[str, Metrics]]:
             (tmp / "seed-1").mkdir(exist_ok=True)
             # fake_metric runs without the OS sandbox (which would refuse its planting): the
             # pipe alone must hold
-            return runner.measure(source=source, data=prepared.path, budget=JOBS[name],
-                                  seed=0, device="cpu", out_dir=out,
-                                  sandbox=name != "fake_metric")
+            return runner.measure(runner.Job(
+                source=source, data=prepared.path, budget=JOBS[name], seed=0, device="cpu",
+                out_dir=out, sandbox=name != "fake_metric"))
 
         with ThreadPoolExecutor(len(JOBS)) as pool:
             yield dict(zip(JOBS, pool.map(measure, JOBS), strict=True))
