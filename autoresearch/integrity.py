@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import getpass
 import importlib.util
 import os
 import re
 import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 
 from autoresearch import sandbox
@@ -51,16 +49,18 @@ def child_env(gpu: str | None, threads: int | None = None) -> dict[str, str]:
 
 def training_env(env: dict[str, str], scratch: Path) -> dict[str, str]:
     """The training process's environment: none of our settings (they name the dataset cache
-    and the workspace), and a HOME in its scratch folder, so that the usual places to look
-    (~/.cache/autoresearch, the shell history, dotfiles) lead nowhere. The compiler caches keep
-    their usual homes: rebuilding them for every experiment would waste minutes of GPU time."""
+    and the workspace), and a HOME, temporary folder and compiler caches (Triton, Inductor)
+    inside its scratch folder, so that the usual places to look (~/.cache/autoresearch, the
+    shell history, dotfiles) lead nowhere, and nothing one measurement writes is there for the
+    next to read: the scratch folder is removed with the measurement. (A shared compiler cache
+    would carry whatever a job wrote into it to every later job, trained weights included;
+    torch.compile pays its compile in every measurement's setup instead.)"""
     train_env = {k: v for k, v in env.items() if not k.startswith("AUTORESEARCH_")}
-    home, tmp = scratch / "home", scratch / "tmp"
-    home.mkdir(exist_ok=True)
-    tmp.mkdir(exist_ok=True)
-    train_env.setdefault("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache"))
-    train_env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
-        Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}"))
+    home, tmp, cache = scratch / "home", scratch / "tmp", scratch / "cache"
+    for folder in (home, tmp, cache / "triton", cache / "inductor"):
+        folder.mkdir(parents=True, exist_ok=True)
+    train_env["TRITON_CACHE_DIR"] = str(cache / "triton")
+    train_env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
     train_env["HOME"] = str(home)
     train_env["XDG_CACHE_HOME"] = str(home / ".cache")
     train_env["TMPDIR"] = str(tmp)  # compilers' temporary files stay inside the sandbox

@@ -119,7 +119,7 @@ def ray_workers(address: str | None, n: int, *, device: str, threads: int | None
 def hard_deadline(job: Job) -> float:
     """Seconds a job's task may run once it has started on its node: the runner's own worst
     case (the training deadline, the evaluation's, the process start-ups) plus RAY_SLACK."""
-    train = job.timeout if job.timeout is not None else runner._train_deadline(
+    train = job.timeout if job.timeout is not None else runner.train_deadline(
         job.budget, job.setup_cap)
     return train + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
 

@@ -4,11 +4,14 @@ itself after it has loaded the train split and before it imports the agent's cod
 Landlock (Linux >= 5.13) lets an unprivileged process give up access for good, for itself and
 every process it starts. The training process keeps:
 
-- read and execute: the system (/usr, /lib, /etc, /proc, /sys, /bin, /sbin, /run), Python
-  (its prefixes and every sys.path folder, which hold torch and the harness) and the
-  experiment's source folder;
-- read and write: its scratch folder (which holds its copy of the train split), /dev (GPUs,
-  /dev/null, /dev/shm) and the compiler caches the runner names (Triton, Inductor);
+- read and execute: the system (/usr, /lib, /etc, /sys, /bin, /sbin, /run), Python (its
+  prefixes and every sys.path folder, which hold torch and the harness) and the experiment's
+  source folder; of /proc only its own entries (``/proc/self``) and the machine-wide ones
+  that describe the hardware (cpuinfo, meminfo, stat, sys, driver, ...): never another
+  process's command line, environment or memory;
+- read and write: its scratch folder (its home, temporary folder and compiler caches, removed
+  with the measurement) and the device files in /dev (GPUs, /dev/null), but not /dev/shm or
+  /dev/mqueue, where a measurement could leave something for the next one;
 - no TCP connect or bind (kernel ABI >= 4), and no signals to processes outside the sandbox
   (ABI >= 6).
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,9 +49,12 @@ _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
 # not /opt, /srv, /mnt, /home: where people keep data. A conda in /opt is Python's prefix.
-SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys",
-               "/run", "/nix")
-SYSTEM_WRITE = ("/dev",)
+SYSTEM_READ = ("/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/sys", "/run",
+               "/nix")
+# machine-wide /proc entries torch, OpenMP and the CUDA driver read; no /proc/PID but our own
+PROC_READ = ("cpuinfo", "meminfo", "stat", "loadavg", "uptime", "version", "filesystems",
+             "devices", "sys", "driver", "self", "thread-self")
+DEV_HIDDEN = ("shm", "mqueue")  # shared between processes: a way to leave notes for the next
 
 
 class SandboxError(Exception):
@@ -83,10 +90,28 @@ def default_paths(source: Path, scratch: Path, extra_write: Iterable[str] = ()
                   ) -> tuple[list[str], list[str]]:
     """(read-only, read-write) folders for a training process in ``scratch`` running
     ``source``: the system, Python and its import path, plus the named caches."""
-    read = [*SYSTEM_READ, sys.prefix, sys.base_prefix, sys.exec_prefix, str(source),
-            *(p for p in sys.path if p)]
-    write = [*SYSTEM_WRITE, str(scratch), *extra_write]
+    read = [*SYSTEM_READ, *proc_paths(), sys.prefix, sys.base_prefix, sys.exec_prefix,
+            str(source), *(p for p in sys.path if p)]
+    write = [*dev_paths(), str(scratch), *extra_write]
     return read, write
+
+
+def proc_paths() -> list[str]:
+    """The /proc entries a fenced process may read: its own (``self`` resolves to its pid's
+    folder when the rule is made, in the process that fences itself) and the machine's."""
+    return [os.path.realpath(f"/proc/{name}") for name in PROC_READ]
+
+
+def dev_paths() -> list[str]:
+    """Every device and folder in /dev but the shared-memory folders (not the links, such as
+    /dev/stderr, which lead to the process's own descriptors)."""
+    try:
+        entries = sorted(os.scandir("/dev"), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [e.path for e in entries if e.name not in DEV_HIDDEN and not e.is_symlink()
+            and (e.is_dir(follow_symlinks=False) or stat.S_ISCHR(e.stat().st_mode)
+                 or stat.S_ISBLK(e.stat().st_mode))]
 
 
 def restrict(read: Iterable[str], write: Iterable[str]) -> str:

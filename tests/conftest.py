@@ -5,12 +5,23 @@ from __future__ import annotations
 import os
 import random
 import shutil
-from collections.abc import Callable
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 
 from autoresearch import data
+from autoresearch.metrics import Budget
+
+if TYPE_CHECKING:
+    from autoresearch.harness.train import Run
+    from autoresearch.runner.broker import Served
 
 # One thread per process: on a shared, busy machine two OpenMP threads that spin-wait for each
 # other make a tiny model 20x slower. Set before torch is imported here or in any child.
@@ -73,3 +84,37 @@ def tiny_source(tmp_path: Path) -> Path:
     dst = tmp_path / "tiny_source"
     shutil.copytree(SOURCES / "tiny", dst)
     return dst
+
+
+@contextmanager
+def brokered(data: np.ndarray, budget: Budget, tmp: Path, *, seed: int = 0,
+             setup_cap: float = 60.0) -> Iterator[tuple[socket.socket, list[Served]]]:
+    """A broker serving ``data`` in a thread; yields the client's end and, once the block is
+    left and the broker is done, what it served."""
+    from autoresearch.runner.broker import Broker  # torch: imported after the settings above
+
+    ours, theirs = socket.socketpair()
+    served: list[Served] = []
+    b = Broker(ours, train=data, budget=budget, seed=seed, setup_cap=setup_cap,
+               artifact=tmp / "model.pt")
+    def serve() -> None:
+        served.append(b.serve(time.monotonic()))
+        ours.shutdown(socket.SHUT_RDWR)  # as the runner's kill would: the client hears no more
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        yield theirs, served
+    finally:
+        theirs.close()
+        t.join(timeout=30)
+        ours.close()
+
+
+def hello_run(channel: socket.socket, budget: Budget, seed: int = 0) -> Run:
+    """A Run on the client's end of ``brokered``, after the hello the harness sends."""
+    from autoresearch.harness.channel import send
+    from autoresearch.harness.train import Run
+
+    send(channel, {"op": "hello"})
+    return Run(channel, device="cpu", seed=seed, vocab_size=256, seq_len=16, budget=budget)

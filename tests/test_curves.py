@@ -8,13 +8,12 @@ import math
 from pathlib import Path
 
 import numpy as np
-from conftest import bigram_corpus
+from conftest import bigram_corpus, brokered, hello_run
 from typer.testing import CliRunner
 
 from autoresearch import curves, data, runner
 from autoresearch.agents.prompts import variables
 from autoresearch.cli import app
-from autoresearch.harness.train import Run
 from autoresearch.metrics import Budget
 from autoresearch.models import Context
 
@@ -22,14 +21,15 @@ LOOP_SOURCE = Path(__file__).parent / "loop_source"
 
 
 def test_run_log_records_numeric_scalars_as_json_lines(tmp_path: Path) -> None:
-    run = Run(np.zeros(1000, np.uint8), device="cpu", seed=0, vocab_size=256, seq_len=16,
-              budget=Budget(kind="tokens", amount=10_000))
-    run.curve = curves.CurveWriter(tmp_path / "curve.jsonl")
-    run.get_batch(2, 8)
-    run.log(step=0, loss=5.5, lr=1e-3, note="warmup", flag=True)
-    run.get_batch(2, 8)
-    run.log(step=1, loss=np.float32(5.25))
-    run.finish()
+    budget = Budget(kind="tokens", amount=10_000)
+    with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, _):
+        run = hello_run(channel, budget)
+        run.curve = curves.CurveWriter(tmp_path / "curve.jsonl")
+        run.get_batch(2, 8)
+        run.log(step=0, loss=5.5, lr=1e-3, note="warmup", flag=True)
+        run.get_batch(2, 8)
+        run.log(step=1, loss=np.float32(5.25))
+        run.finish()
     lines = [json.loads(x) for x in (tmp_path / "curve.jsonl").read_text().splitlines()]
     assert [p["scalars"] for p in lines] == [{"step": 0, "loss": 5.5, "lr": 1e-3, "flag": 1},
                                              {"step": 1, "loss": 5.25}]  # not the text

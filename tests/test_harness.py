@@ -1,9 +1,15 @@
-"""The harness's two phases, run in this process for speed (the runner tests use processes)."""
+"""The harness's two phases, run in this process for speed (the runner tests use processes).
+
+The training side always talks to a real broker (autoresearch/runner/broker.py) over a real
+socket pair, the broker in a thread of its own, as the runner runs it.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,66 +18,91 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import brokered, hello_run
 
 from autoresearch import harness
 from autoresearch.data import PreparedData
-from autoresearch.harness import BudgetExhausted, NonFiniteLoss, command, export
+from autoresearch.harness import BudgetExhausted, NonFiniteLoss, command, graph
 from autoresearch.harness import evaluate as evaluation
 from autoresearch.harness import train as training
 from autoresearch.harness.train import Run
-from autoresearch.metrics import Budget, EvalReport, TrainReport
+from autoresearch.metrics import Budget, EvalReport
 from autoresearch.models import RunStatus
+from autoresearch.runner import broker as broker_mod
+from autoresearch.runner.broker import Served
 
 SOURCES = Path(__file__).parent / "sources"
-TrainFn = Callable[..., tuple[int, TrainReport, Path]]
+TrainFn = Callable[..., tuple[int, Served, Path]]
 
 
-def make_run(data: np.ndarray, budget: Budget, seed: int = 0, **kw: float) -> Run:
-    return Run(data, device="cpu", seed=seed, vocab_size=256, seq_len=16, budget=budget, **kw)
+def make_run(channel: socket.socket, budget: Budget, seed: int = 0) -> Run:
+    return hello_run(channel, budget, seed)
 
 
-# --- Run: what train() sees ---------------------------------------------------------------
+# --- Run: what train() sees, as the broker serves it ------------------------------------------
 
 
-def test_get_batch_serves_shifted_train_windows_from_the_seed() -> None:
+def test_get_batch_serves_shifted_train_windows_from_the_seed(tmp_path: Path) -> None:
     data = np.arange(1000, dtype=np.int64).astype(np.uint8)
     budget = Budget(kind="tokens", amount=10_000)
-    a, b, c = (make_run(data, budget, seed=s) for s in (1, 1, 2))
-    xa, ya = a.get_batch(4, 32)
-    xb, _ = b.get_batch(4, 32)
-    xc, _ = c.get_batch(4, 32)
-    assert xa.shape == ya.shape == (4, 32) and xa.dtype == torch.long
-    assert torch.equal(xa, xb) and not torch.equal(xa, xc)
-    assert torch.equal(xa[:, 1:], ya[:, :-1])  # y is x shifted by one
-    assert (a.tokens, a.steps) == (128, 1)
+    xs = []
+    for seed in (1, 1, 2):
+        with brokered(data, budget, tmp_path, seed=seed) as (channel, served):
+            run = make_run(channel, budget, seed)
+            x, y = run.get_batch(4, 32)
+            xs.append(x)
+        assert x.shape == y.shape == (4, 32) and x.dtype == torch.long
+        assert torch.equal(x[:, 1:], y[:, :-1])  # y is x shifted by one
+        assert (run.tokens, run.steps) == (128, 1)
+        assert (served[0].tokens, served[0].steps) == (128, 1)  # the broker's own count
+    assert torch.equal(xs[0], xs[1]) and not torch.equal(xs[0], xs[2])
 
 
-def test_token_budget_refuses_a_batch_it_cannot_cover() -> None:
-    run = make_run(np.zeros(1000, np.uint8), Budget(kind="tokens", amount=100))
-    assert run.time_left() == math.inf
-    run.get_batch(2, 32)
-    assert run.tokens_left() == 36
-    with pytest.raises(BudgetExhausted, match="36 left"):
+def test_token_budget_refuses_a_batch_it_cannot_cover(tmp_path: Path) -> None:
+    budget = Budget(kind="tokens", amount=100)
+    with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, served):
+        run = make_run(channel, budget)
+        assert run.time_left() == math.inf
         run.get_batch(2, 32)
-    assert run.tokens == 64  # nothing served past the budget
-    run.finish()  # refusing a batch is not a failure when train() stops there
+        assert run.tokens_left() == 36
+        with pytest.raises(BudgetExhausted, match="36 left"):
+            run.get_batch(2, 32)
+        run.finish()  # refusing a batch is not a failure when train() stops there
+    assert served[0].tokens == 64  # nothing served past the budget
 
 
-def test_time_budget_clock_starts_at_the_first_batch() -> None:
-    run = make_run(np.zeros(1000, np.uint8), Budget(kind="time", amount=5))
-    assert run.time_left() == 5 and run.tokens_left() == math.inf
-    run.get_batch(1, 8)
-    assert 4 < run.time_left() <= 5
+def test_the_client_cannot_count_for_the_broker(tmp_path: Path) -> None:
+    """Whatever the training process does to its own Run, the broker counts what it served."""
+    budget = Budget(kind="tokens", amount=100)
+    with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, served):
+        run = make_run(channel, budget)
+        run.get_batch(2, 32)
+        run.tokens = -10_000  # a lie to itself
+        with pytest.raises(BudgetExhausted):
+            run.get_batch(2, 32)
+    assert (served[0].tokens, served[0].steps) == (64, 1)
 
 
-def test_non_finite_loss_is_kept_even_if_train_swallows_it(capsys: pytest.CaptureFixture) -> None:
-    run = make_run(np.zeros(1000, np.uint8), Budget(kind="tokens", amount=100))
-    run.log(step=1, loss=torch.tensor(2.5), note="warmup")
-    assert "loss 2.5" in capsys.readouterr().out
-    with pytest.raises(NonFiniteLoss):
-        run.log(loss=float("inf"))
-    with pytest.raises(NonFiniteLoss):
-        run.finish()
+def test_time_budget_clock_starts_at_the_first_batch(tmp_path: Path) -> None:
+    budget = Budget(kind="time", amount=5)
+    with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, _):
+        run = make_run(channel, budget)
+        assert run.time_left() == 5 and run.tokens_left() == math.inf
+        run.get_batch(1, 8)
+        assert 4 < run.time_left() <= 5
+
+
+def test_non_finite_loss_is_kept_even_if_train_swallows_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    budget = Budget(kind="tokens", amount=100)
+    with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, _):
+        run = make_run(channel, budget)
+        run.log(step=1, loss=torch.tensor(2.5), note="warmup")
+        assert "loss 2.5" in capsys.readouterr().out
+        with pytest.raises(NonFiniteLoss):
+            run.log(loss=float("inf"))
+        with pytest.raises(NonFiniteLoss):
+            run.finish()
 
 
 # --- phase 1: training, by purpose-written sources ------------------------------------------
@@ -80,52 +111,59 @@ def test_non_finite_loss_is_kept_even_if_train_swallows_it(capsys: pytest.Captur
 @pytest.fixture
 def train_phase(tmp_path: Path, prepared_data: PreparedData,
                 monkeypatch: pytest.MonkeyPatch) -> TrainFn:
-    """train_phase(source, *extra_args) -> (exit code, report, artifact path)."""
+    """train_phase(source, *extra_args, setup_cap=) -> (exit code, what the broker served,
+    the artifact it received)."""
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setattr(sys, "dont_write_bytecode", sys.dont_write_bytecode)
     monkeypatch.setitem(sys.modules, "train", None)  # restored (removed) afterwards
+    monkeypatch.chdir(tmp_path)  # the curve file lands in the working folder
+    data = np.memmap(prepared_data.path / "train.bin", dtype=np.uint8, mode="r")
 
-    def run(source: str, *extra: str) -> tuple[int, TrainReport, Path]:
+    def run(source: str, *extra: str, setup_cap: float = 60.0) -> tuple[int, Served, Path]:
         sys.modules.pop("train", None)
-        artifact, report = tmp_path / f"{source}.pt", tmp_path / f"{source}.json"
-        budget = [] if any("budget" in a for a in extra) else ["--token-budget", "20480"]
-        args = command.parse_args([
-            "--phase", "train", "--source", str(SOURCES / source), "--data",
-            str(prepared_data.path), "--device", "cpu", "--artifact", str(artifact),
-            "--report", str(report), *budget, *extra])
-        code = training.train_phase(args)
-        return code, TrainReport.model_validate_json(report.read_text()), artifact
+        budget_args = [] if any("budget" in a for a in extra) else ["--token-budget", "20480"]
+        args = command.parse_args(["--phase", "train", "--source", str(SOURCES / source),
+                                   "--channel", "fd:-1", "--device", "cpu", *budget_args,
+                                   *extra])
+        folder = tmp_path / source
+        folder.mkdir()
+        with brokered(data, training.budget_of(args), folder, setup_cap=setup_cap) as (
+                channel, served):
+            args.channel = f"fd:{os.dup(channel.fileno())}"  # train_phase closes its own
+            code = training.train_phase(args)
+        return code, served[0], folder / "model.pt"
 
     return run
 
 
-@pytest.mark.parametrize(("source", "extra", "status", "reason"), [
-    ("no_train", [], RunStatus.crash, "train.py defines no train(run) function"),
-    ("not_a_model", [], RunStatus.invalid_model, "train() returned dict"),
-    ("crash", [], RunStatus.crash, "ValueError: boom from train"),
-    ("sys_exit", [], RunStatus.crash, "SystemExit: 3"),
-    ("nan_log", [], RunStatus.nan, "loss is nan"),
-    ("overtime", ["--time-budget", "0.1"], RunStatus.overtime, "train() returned"),
-    ("slow_setup", ["--setup-cap", "0.2"], RunStatus.overtime, "setup took"),
-    ("greedy", ["--token-budget", "1000"], RunStatus.overtime, "get_batch(4, 16) refused"),
-    ("unexportable", [], RunStatus.invalid_model, "cannot be exported"),
+@pytest.mark.parametrize(("source", "extra", "setup_cap", "status", "reason"), [
+    ("no_train", [], 60, RunStatus.crash, "train.py defines no train(run) function"),
+    ("not_a_model", [], 60, RunStatus.invalid_model, "train() returned dict"),
+    ("crash", [], 60, RunStatus.crash, "ValueError: boom from train"),
+    ("sys_exit", [], 60, RunStatus.crash, "SystemExit: 3"),
+    ("nan_log", [], 60, RunStatus.nan, "loss is nan"),
+    ("overtime", ["--time-budget", "0.1"], 60, RunStatus.timeout, "no model handed back"),
+    ("slow_setup", [], 0.2, RunStatus.overtime, "setup took"),
+    ("greedy", ["--token-budget", "1000"], 60, RunStatus.overtime,
+     "get_batch(4, 16) refused"),
+    ("unexportable", [], 60, RunStatus.invalid_model, "cannot be exported"),
 ])
 def test_each_broken_source_gets_its_status_and_reason(
     train_phase: TrainFn, monkeypatch: pytest.MonkeyPatch, source: str, extra: list[str],
-    status: RunStatus, reason: str,
+    setup_cap: float, status: RunStatus, reason: str,
 ) -> None:
-    monkeypatch.setattr(training, "TIME_GRACE", (0.1, 0.0))  # so overtime needs no long sleep
-    code, report, artifact = train_phase(source, *extra)
-    assert (code, report.status) == (1, status)
-    assert report.error is not None and report.error.splitlines()[0].find(reason) >= 0
-    assert not artifact.exists()
+    monkeypatch.setattr(broker_mod, "ALLOWANCE", (0.0, 0.1))  # so a timeout needs no long sleep
+    code, served, artifact = train_phase(source, *extra, setup_cap=setup_cap)
+    assert (code, served.status) == (1, status), served.error
+    assert served.error is not None and served.error.splitlines()[0].find(reason) >= 0
+    assert served.artifact is None and not artifact.exists()
 
 
 def test_traceback_tail_points_at_the_agent_code(train_phase: TrainFn) -> None:
-    _, report, _ = train_phase("crash")
-    assert report.error is not None
-    assert "crash/train.py" in report.error and 'raise ValueError("boom from train")' in \
-        report.error
+    _, served, _ = train_phase("crash")
+    assert served.error is not None
+    assert "crash/train.py" in served.error and 'raise ValueError("boom from train")' in \
+        served.error
 
 
 # --- phase 2: evaluation of the exported model -----------------------------------------------
@@ -144,8 +182,8 @@ def evaluate(artifact: Path, data: Path, tmp_path: Path, *extra: str) -> EvalRep
 def test_tiny_model_is_scored_on_the_fixed_windows(
     train_phase: TrainFn, prepared_data: PreparedData, tmp_path: Path,
 ) -> None:
-    code, _, artifact = train_phase("tiny")
-    assert code == 0
+    code, served, artifact = train_phase("tiny")
+    assert code == 0 and served.status == RunStatus.ok, served.error
     report = evaluate(artifact, prepared_data.path, tmp_path)
     assert report.status == RunStatus.ok and report.causal_ok is True
     assert report.val_loss is not None and report.val_bpb is not None
@@ -167,7 +205,7 @@ def test_batches_side_by_side_score_what_one_at_a_time_would(
         torch.set_num_threads(1)  # one batch after another, as the evaluation once ran
         batch, tokens = harness.eval_plan("cpu")
         val = evaluation.load_val(prepared_data.path, None)
-        model = export.GraphModel(artifact, "cpu")
+        model = graph.GraphModel(artifact, "cpu")
         total = 0.0
         with torch.inference_mode():
             for x, y in evaluation.eval_windows(val, batch, 256, tokens):
@@ -181,8 +219,8 @@ def test_batches_side_by_side_score_what_one_at_a_time_would(
 @pytest.mark.parametrize(("source", "status", "reason"), [
     ("wrong_shape", RunStatus.invalid_model, "returned (8, 1, 256)"),
     ("nan_logits", RunStatus.nan, "not finite"),
-    ("not_causal", RunStatus.not_causal, "when tokens at positions >="),
-    ("peek_rows", RunStatus.not_causal, "when other rows of the batch changed"),
+    ("not_causal", RunStatus.not_causal, "looks ahead or across the batch"),
+    ("peek_rows", RunStatus.not_causal, "looks ahead or across the batch"),
 ])
 def test_evaluation_catches_bad_models(
     train_phase: TrainFn, prepared_data: PreparedData, tmp_path: Path, source: str,
@@ -231,7 +269,7 @@ class _Payload:
 
 
 def _artifact(path: Path, nodes: list[dict[str, Any]], extra: object = None) -> Path:
-    blob: dict[str, object] = {"format": export.ARTIFACT_FORMAT, "graph": json.dumps(nodes),
+    blob: dict[str, object] = {"format": harness.ARTIFACT_FORMAT, "graph": json.dumps(nodes),
                                "tensors": {"w": torch.zeros(256, 256)}}
     if extra is not None:
         blob["extra"] = extra

@@ -260,7 +260,7 @@ def test_a_cuda_job_reserves_one_gpu_and_runs_on_the_one_it_sees(
 def test_the_hard_deadline_is_past_everything_the_runner_allows(tmp_path: Path) -> None:
     timed = Job(source=tmp_path, data=tmp_path, budget=Budget(kind="time", amount=20), seed=0,
                 device="cpu", out_dir=tmp_path)
-    own = runner._train_deadline(timed.budget, timed.setup_cap)
+    own = runner.train_deadline(timed.budget, timed.setup_cap)
     assert hard_deadline(timed) == own + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
     short = Job(**{**timed.__dict__, "timeout": 3.0})
     assert hard_deadline(short) == 3.0 + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK

@@ -53,7 +53,7 @@ def measure(source: Path, data: PreparedData, out: Path, slot: runner.Slot) -> M
 def test_a_warm_process_never_handed_work_exits_on_its_own(tmp_path: Path) -> None:
     slot = runner.Slot(tmp_path, wait=3.0)
     env = integrity.child_env(None)
-    slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    slot.start_pair(runner.slot.warm_key(env, "cpu"), env, {})
     slot.add_eval(env)
     pids, servers = warm_pids(tmp_path, servers=False), warm_pids(tmp_path, servers=True)
     assert len(pids) == 2 and len(servers) == 2 and all(alive(p) for p in pids + servers)
@@ -117,7 +117,7 @@ from pathlib import Path
 from autoresearch import integrity, runner
 env = integrity.child_env(None)
 with runner.Slot(Path(sys.argv[1])) as slot:
-    slot.start_pair(runner._warm_key(env, "cpu"), env, {})
+    slot.start_pair(runner.slot.warm_key(env, "cpu"), env, {})
     slot.add_eval(env)
     print("ready", flush=True)
     time.sleep(600)
@@ -156,7 +156,7 @@ def test_a_job_that_trains_longer_than_a_warm_process_waits_is_still_evaluated(
 def test_replacing_a_dead_fork_server_cuts_no_running_job_short(tmp_path: Path) -> None:
     with runner.Slot(tmp_path, wait=60.0) as slot:
         env = integrity.child_env(None)
-        key = runner._warm_key(env, "cpu")
+        key = runner.slot.warm_key(env, "cpu")
         pair = slot.spawn(key, env, {})  # this job's processes, forked
         old_train, old_eval = slot._servers["train"].proc, slot._servers["eval"].proc
         old_eval.kill()  # the evaluation's server dies (a crash, an old kernel's signal)
@@ -164,6 +164,6 @@ def test_replacing_a_dead_fork_server_cuts_no_running_job_short(tmp_path: Path) 
         slot.start_pair(key, env, {})  # the next job's: both servers are started anew
         assert slot._servers["train"].proc.pid != old_train.pid
         # the old training server is only retired: this job's process runs on
-        assert old_train.poll() is None and alive(pair.train.proc.pid)
+        assert old_train.poll() is None and alive(pair.train.proc.proc.pid)
         pair.close()  # the job ends; its retired server follows it out on its own
         assert wait_gone([old_train.pid], 10.0)

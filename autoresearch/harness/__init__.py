@@ -31,6 +31,7 @@ from autoresearch.errors import one_line
 from autoresearch.models import RunStatus
 
 SEQ_LEN = 256  # evaluation context length, the same for every experiment
+ARTIFACT_FORMAT = "autoresearch-graph/1"  # the exported model, from training to evaluation
 # device kind -> (windows per evaluation batch, validation tokens evaluated); fixed so that
 # every experiment on that kind of device is scored on exactly the same windows
 EVAL_PLAN = {"cpu": (8, 65_536), "mps": (16, 262_144), "cuda": (32, 1_048_576)}

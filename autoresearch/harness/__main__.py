@@ -1,5 +1,6 @@
 """``python -m autoresearch.harness``: see :mod:`autoresearch.harness.command`."""
 
-from autoresearch.harness.command import exit_now, main
+from autoresearch.harness.command import main
+from autoresearch.harness.warm import exit_now
 
 exit_now(main())

@@ -16,16 +16,11 @@ once and forks such a warm process for every job.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import json
 import os
-import select
-import signal
-import sys
 import time
 
 from autoresearch.harness import SEQ_LEN
-from autoresearch.metrics import SETUP_CAP
+from autoresearch.harness.warm import await_job, die_with
 
 WAIT_SECONDS = 1800.0  # a warm process never handed a job exits after this long
 _PR_SET_PDEATHSIG = 1
@@ -39,18 +34,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--phase", choices=["train", "eval"], required=True,
                    help="train: run train(run) and export the model; eval: score the export")
     p.add_argument("--source", help="folder holding train.py")
-    p.add_argument("--data", help="a prepared dataset folder")
+    p.add_argument("--channel", help="fd:N, the training process's channel to the runner")
+    p.add_argument("--data", help="a prepared dataset folder (evaluation)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--time-budget", type=float, help="seconds of training")
     budget.add_argument("--token-budget", type=int, help="training tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--out", help="where the evaluation writes its report (fd:N: a pipe)")
-    p.add_argument("--setup-cap", type=float, default=SETUP_CAP,
-                   help="seconds allowed before the first batch")
     p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="evaluation context length")
-    p.add_argument("--artifact", help="the exported model (written by train, read by eval)")
-    p.add_argument("--report", help="where the training process writes its report")
+    p.add_argument("--artifact", help="the exported model (evaluation)")
     p.add_argument("--expect-sha256", help="the dataset's sha256, checked by eval")
     p.add_argument("--sandbox", choices=["on", "off"], default="off",
                    help="fence the training process in with Landlock (the runner says on)")
@@ -67,8 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.wait_for_job is not None or args.fork_server is not None:
         return args
-    needed = {"train": ("source", "artifact", "report"),
-              "eval": ("artifact", "out")}[args.phase] + ("data",)
+    needed = {"train": ("source", "channel"), "eval": ("artifact", "out", "data")}[args.phase]
     missing = [f"--{n}" for n in needed if getattr(args, n) is None]
     if args.phase == "train" and args.time_budget is None and args.token_budget is None:
         missing.append("--time-budget or --token-budget")
@@ -119,15 +111,6 @@ def run_phase(args: argparse.Namespace) -> int:
     return eval_phase(args)
 
 
-def exit_now(code: int) -> None:
-    """End the process at once, reports written: an interpreter's teardown with torch (and
-    torch._dynamo, after an export) loaded takes ~0.7 s of the device's time, and nothing is
-    left to clean (the runner ends the process group and removes the scratch folder)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 def _prewarm(phase: str) -> None:
     """Import (and run once on dummy tensors) what a phase would otherwise load lazily on the
     device's time: torch's optimizers and torch._dynamo (the first optimizer step imports it),
@@ -151,34 +134,3 @@ def _prewarm(phase: str) -> None:
         import autoresearch.harness.evaluate  # noqa: F401
 
 
-def die_with(parent: int) -> bool:
-    """From here on, die with the runner (Linux), also while still importing; False if the
-    runner is already gone."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    return os.getppid() == parent
-
-
-def await_job(parent: int, wait: float) -> list[str] | None:
-    """The job's arguments (one JSON line on stdin), or None: no job within ``wait`` seconds,
-    stdin closed, or the runner gone."""
-    deadline = time.monotonic() + wait
-    line = b""
-    while b"\n" not in line:
-        left = deadline - time.monotonic()
-        if left <= 0 or os.getppid() != parent:
-            return None
-        readable, _, _ = select.select([0], [], [], min(left, 1.0))
-        if readable:
-            chunk = os.read(0, 65536)
-            if not chunk:
-                return None
-            line += chunk
-    # the runner's pipe is closed to whatever runs next: stdin is /dev/null, as when cold
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    job = json.loads(line.split(b"\n", 1)[0])
-    if not isinstance(job, list) or not all(isinstance(a, str) for a in job):
-        raise SystemExit("a warm process was handed a job that is not a list of arguments")
-    return job

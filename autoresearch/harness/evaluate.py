@@ -1,7 +1,9 @@
 """The evaluation process (``--phase eval``): trusted code only, no agent code, no training side.
 
-It loads the artifact (:class:`autoresearch.harness.export.GraphModel`), checks the logits,
-runs the causality probe, and computes the loss over fixed validation windows itself.
+It loads and checks the artifact (:class:`autoresearch.harness.graph.GraphModel`), scores the
+fixed validation windows itself, and runs the causality probe: rows of real validation text
+whose tail is replaced must score exactly as before the cut (log-probabilities, every row
+index, fresh cuts each time; docs/integrity.md says what that bounds).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +29,15 @@ from autoresearch.harness import (
     eval_plan,
     seed_everything,
 )
-from autoresearch.harness.export import GraphModel
+from autoresearch.harness.graph import GraphModel
 from autoresearch.metrics import EvalReport
 from autoresearch.models import RunStatus
 
-PROBE_PASSES = 4  # forward passes of the causality probe (each checks B-1 random cut points)
-PROBE_TOLERANCE = 1e-3  # logits may move this much (abs and rel) from float noise alone
+# device kind -> rows of the causality probe per evaluation (whole probe batches of the
+# device's evaluation batch size; see docs/integrity.md for what they bound)
+PROBE_ROWS = {"cpu": 128, "mps": 256, "cuda": 1024}
+PROBE_TOLERANCE = 1e-3  # nats: how far a kept position's log-probabilities may move
+LOGP_FLOOR = -50.0  # log-probabilities below this (p < 2e-22) are compared as equal to it
 
 
 def eval_windows(val: torch.Tensor, batch: int, seq_len: int, max_tokens: int
@@ -57,39 +63,75 @@ def check_logits(logits: Any, shape: tuple[int, ...], where: str) -> torch.Tenso
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise InvalidModel(f"the model returned {got} on {where}, expected logits of shape "
                            f"(B, T, vocab) = {shape}")
+    if logits.is_complex():
+        raise InvalidModel(f"the model returned complex logits on {where}")
     logits = logits.float()
     if not torch.isfinite(logits).all():
         raise NonFiniteLoss(f"the model's logits are not finite (NaN or inf) on {where}")
     return logits
 
 
-def probe_inputs(x: torch.Tensor, other: torch.Tensor
-                 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The causality probe's inputs: each pass changes the tokens at positions >= t (real text
-    from elsewhere in the split, at random cut points drawn afresh each evaluation); row 0 is
-    never changed. (input, cuts, kept positions) per pass."""
+@dataclass(frozen=True)
+class Probe:
+    """One batch of the causality probe. Row r is evaluation window ``windows[r]`` (in batch
+    ``where[r][0]``, row ``where[r][1]``) with every token from ``cuts[r]`` on replaced by text
+    from another window; positions before the cut must score exactly as in the evaluation."""
+
+    x: torch.Tensor
+    windows: list[int]
+    where: list[tuple[int, int]]
+    cuts: list[int]
+
+
+def plan_probes(batches: list[tuple[torch.Tensor, torch.Tensor]], rows: int) -> list[Probe]:
+    """The probe's batches: ``rows`` (window, cut) pairs drawn afresh each evaluation (a
+    generator seeded from the OS, not from anything the model could know), each window
+    placed at a row of the probe batch other than its own in evaluation and with other
+    neighbours; every row index of a batch is probed. The token at the cut always differs
+    from the original one, so a look at the next token shows."""
     gen = torch.Generator().manual_seed(secrets.randbits(62))
-    batch, seq_len = x.shape
-    passes = []
-    for p in range(PROBE_PASSES):
-        cuts = torch.randint(1, seq_len, (batch,), generator=gen)
-        cuts[0] = seq_len
-        keep = (torch.arange(seq_len)[None, :] < cuts[:, None]).to(x.device)
-        passes.append((torch.where(keep, x, other.roll(p + 1, dims=0)), cuts, keep))
-    return passes
+    batch, seq_len = batches[0][0].shape
+    n = len(batches) * batch
+    probes = []
+    for _ in range(max(1, rows // batch)):
+        picks = torch.randint(0, n, (batch,), generator=gen).tolist()
+        others = torch.randint(0, n, (batch,), generator=gen).tolist()
+        cuts = torch.randint(1, seq_len, (batch,), generator=gen).tolist()
+        shift = torch.randint(1, 256, (batch,), generator=gen).tolist()
+        rows_x = []
+        where = [(w % len(batches), w // len(batches)) for w in picks]
+        for r, (w, o, c) in enumerate(zip(picks, others, cuts, strict=True)):
+            k, i = where[r]
+            ok, oi = o % len(batches), o // len(batches)
+            x = batches[k][0][i].clone()
+            tail = batches[ok][0][oi][c:].clone()
+            if o == w or tail[0] == x[c]:
+                tail[0] = (x[c] + shift[r]) % 256
+            x[c:] = tail
+            rows_x.append(x)
+        # the probe batch's rows in an order that moves each window off its own row index
+        order = torch.randperm(batch, generator=gen).tolist()
+        order = [(j + 1) % batch for j in order] if batch > 1 and all(
+            where[j][1] == r for r, j in enumerate(order)) else order
+        probes.append(Probe(torch.stack([rows_x[j] for j in order]), [picks[j] for j in order],
+                            [where[j] for j in order], [cuts[j] for j in order]))
+    return probes
 
 
-def check_causal(moved: torch.Tensor, logits: torch.Tensor, cuts: torch.Tensor,
-                 keep: torch.Tensor) -> None:
-    """Logits at kept positions must not move when later tokens (or other rows) changed."""
-    diff = (moved - logits).abs()
-    bad = (diff > PROBE_TOLERANCE * (1 + logits.abs())) & keep[..., None]
-    if bad.any():
-        row, pos, _ = (int(i) for i in bad.nonzero()[0])
-        where = ("when other rows of the batch changed" if row == 0 else
-                 f"when tokens at positions >= {int(cuts[row])} changed")
-        raise NotCausal(f"the logits at position {pos} (row {row}) changed by "
-                        f"{float(diff[row, pos].max()):.3g} {where}: the model looks ahead")
+def check_causal(probe: Probe, moved: torch.Tensor, clean: dict[int, torch.Tensor]) -> None:
+    """Each probe row's log-probabilities before its cut must equal the evaluation's."""
+    for r, (w, cut) in enumerate(zip(probe.windows, probe.cuts, strict=True)):
+        before = clean[w][:cut]
+        after = torch.log_softmax(moved[r, :cut].double(), dim=-1).clamp_min(LOGP_FLOOR)
+        diff = (after - before).abs().amax(dim=-1)
+        if bool((diff > PROBE_TOLERANCE).any()):
+            pos = int((diff > PROBE_TOLERANCE).nonzero()[0])
+            k, i = probe.where[r]
+            raise NotCausal(
+                f"the log-probabilities at position {pos} of validation window {w} moved by "
+                f"{float(diff[pos]):.3g} nats when the tokens from position {cut} on changed "
+                f"(and it sat at row {r} of the probe batch, not row {i} of batch {k}): the "
+                "model looks ahead or across the batch")
 
 
 def load_val(data: Path, expect_sha256: str | None) -> torch.Tensor:
@@ -110,26 +152,32 @@ def load_val(data: Path, expect_sha256: str | None) -> torch.Tensor:
 
 def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
              expect_sha256: str | None = None) -> EvalReport:
-    """Load the exported model and score it on the fixed validation windows."""
+    """Load the exported model, check it, and score it on the fixed validation windows."""
     val = load_val(data, expect_sha256).to(device)
     vocab = 256
     batch, max_tokens = eval_plan(device)
     batches = eval_windows(val, batch, seq_len, max_tokens)
     model = GraphModel(artifact, device)
     shape = (batch, seq_len, vocab)
-    probes = probe_inputs(batches[0][0], batches[-1][0])
+    probes = plan_probes(batches, PROBE_ROWS.get(device.split(":")[0], PROBE_ROWS["cpu"]))
+    probed = {w for p in probes for w in p.windows}
+    clean: dict[int, torch.Tensor] = {}  # window -> its log-probabilities in evaluation
 
     def logits_of(x: torch.Tensor, where: str) -> torch.Tensor:
         with torch.inference_mode():  # per thread
             return check_logits(model(x), shape, where)
 
-    def loss_of(k: int) -> tuple[float, torch.Tensor | None]:
+    def loss_of(k: int) -> float:
         x, y = batches[k]
         logits = logits_of(x, f"validation batch {k}")
+        for i in range(batch):
+            w = i * len(batches) + k
+            if w in probed:
+                clean[w] = torch.log_softmax(logits[i].double(), dim=-1).clamp_min(LOGP_FLOOR)
         with torch.inference_mode():
             loss = torch.nn.functional.cross_entropy(
                 logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        return float(loss), logits if k == 0 else None
+        return float(loss)
 
     # On a CPU the batches run side by side, one thread each, rather than one at a time with
     # every thread on each small operator: with another process on the same cores (a warm
@@ -141,21 +189,19 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
     torch.set_num_threads(1 if workers > 1 else threads)
     with ThreadPoolExecutor(workers) as pool:
         try:
-            losses = pool.map(loss_of, range(len(batches)))
-            moved = pool.map(logits_of, [p for p, _, _ in probes],
+            losses = list(pool.map(loss_of, range(len(batches))))
+            moved = pool.map(logits_of, [p.x for p in probes],
                              ["the causality probe"] * len(probes))
-            first, logits = next(losses)  # batch 0's failure first, then the probe's
-            assert logits is not None
-            for m, (_, cuts, keep) in zip(moved, probes, strict=True):
-                check_causal(m, logits, cuts, keep)
-            total = first
-            for loss, _ in losses:
-                total += loss
+            for probe, m in zip(probes, moved, strict=True):
+                check_causal(probe, m, clean)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
         finally:
             torch.set_num_threads(threads)
+    total = 0.0
+    for loss in losses:
+        total += loss
     tokens = len(batches) * batch * seq_len
     val_loss = total / tokens
     if not math.isfinite(val_loss):

@@ -1,25 +1,22 @@
-"""The artifact between the two processes: the trained model as an aten graph plus tensors.
+"""The training side of the artifact: the trained model as an aten graph plus tensors.
 
-The training process exports it (``export_model``, after checking the weights are the ones
-``train()`` returned); the evaluation process runs it with ``GraphModel``, a small interpreter
-that only calls aten/prims operators and never imports agent code.
+The training process exports the model ``train()`` returned (``export_model``) and hands the
+bytes to the broker; the clock runs until they arrive, so whatever the model's code does while
+it is exported is training time. This side is untrusted like everything in that process: the
+evaluation process checks the artifact as it finds it (:mod:`autoresearch.harness.graph`).
 """
 
 from __future__ import annotations
 
 import json
 import operator
-import re
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 from autoresearch.errors import one_line
-from autoresearch.harness import InvalidModel
-
-ARTIFACT_FORMAT = "autoresearch-graph/1"
+from autoresearch.harness import ARTIFACT_FORMAT, InvalidModel
 
 
 class _LogitsOnly(torch.nn.Module):
@@ -40,21 +37,10 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return inner if isinstance(inner, torch.nn.Module) else model
 
 
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of the parameters and buffers (persistent or not) as train() returned them,
-    read with ``nn.Module``'s own methods, not overrides the model may define."""
-    named = [*torch.nn.Module.named_parameters(model, remove_duplicate=False),
-             *torch.nn.Module.named_buffers(model, remove_duplicate=False)]
-    return {name: t.detach().to("cpu", copy=True) for name, t in named}
-
-
 def export_model(model: torch.nn.Module, path: Path | IO[bytes], batch: int, seq_len: int,
-                 device: str, expect: dict[str, torch.Tensor]) -> None:
-    """torch.export the model on a fixed (batch, seq_len) input and save its aten graph.
-
-    ``model`` is the plain module (:func:`unwrap`); its exported parameters and buffers must
-    equal ``expect`` (a :func:`snapshot`): a model that trains on inside ``eval()`` or during
-    tracing, after the clock stopped, is refused."""
+                 device: str) -> None:
+    """torch.export the model on a fixed (batch, seq_len) input and save its aten graph:
+    every parameter, buffer and constant tensor the graph reads, and its nodes as JSON."""
     from torch.export.graph_signature import InputKind, OutputKind
 
     model.to(device).eval()
@@ -82,8 +68,6 @@ def export_model(model: torch.nn.Module, path: Path | IO[bytes], batch: int, seq
                 raise InvalidModel(f"the exported model has an input of kind {spec.kind.name}")
             value = program.state_dict.get(spec.target)
             value = program.constants[spec.target] if value is None else value
-            if spec.kind != InputKind.CONSTANT_TENSOR:
-                _same_weights(str(spec.target), value, expect)
             tensors[node.name] = value.detach()
             nodes.append({"op": "tensor", "name": node.name,
                           "param": spec.kind == InputKind.PARAMETER})
@@ -127,25 +111,8 @@ def prewarm() -> None:
     import io
 
     model = _Warmup()
-    export_model(model, io.BytesIO(), 2, 4, "cpu", expect=snapshot(model))
+    export_model(model, io.BytesIO(), 2, 4, "cpu")
     torch._dynamo.reset()
-
-
-def _same_weights(name: str, value: torch.Tensor, expect: dict[str, torch.Tensor]) -> None:
-    before = expect.get(name.removeprefix("model."))  # _LogitsOnly adds "model."
-    if before is None:
-        raise InvalidModel(f"the exported model has a tensor {name!r} that was not in the model "
-                           "train() returned")
-    after = value.detach().to("cpu")
-    if after.shape != before.shape or not _equal(after, before):
-        raise InvalidModel(f"the model's weights changed after train() returned ({name!r}, in "
-                           "eval() or forward): training ends when train() returns")
-
-
-def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.is_floating_point() and b.is_floating_point():
-        return bool(torch.allclose(a, b, rtol=0.0, atol=0.0, equal_nan=True))
-    return bool(torch.equal(a, b))
 
 
 def _target(target: Any) -> str:
@@ -176,110 +143,3 @@ def _encode(a: Any) -> Any:
     if isinstance(a, torch.device):
         return {"device": str(a)}
     raise InvalidModel(f"the exported graph has an argument the evaluator cannot store: {a!r}")
-
-
-
-# --- running it (the evaluation process) --------------------------------------------------------
-
-_OP = re.compile(r"(aten|prims)\.(\w+)\.(\w+)")
-
-
-class GraphModel:
-    """Runs an artifact's aten graph. Every call starts from the artifact's own tensors, so a
-    model cannot carry state from one evaluation batch to the next."""
-
-    def __init__(self, path: Path, device: str) -> None:
-        try:
-            blob = torch.load(path, map_location=device, weights_only=True)
-            if not isinstance(blob, dict) or blob.get("format") != ARTIFACT_FORMAT:
-                raise ValueError(f"not an {ARTIFACT_FORMAT} artifact")
-            self.nodes: list[dict[str, Any]] = json.loads(blob["graph"])
-            self.tensors: dict[str, torch.Tensor] = dict(blob["tensors"])
-        except Exception as e:
-            raise InvalidModel(f"the model artifact cannot be loaded: {one_line(e)}") from e
-        self.device = device
-        self.ops = {n["name"]: _resolve(n["target"]) for n in self.nodes if n["op"] == "call"}
-        inputs = [n for n in self.nodes if n["op"] == "input"]
-        if len(inputs) != 1:
-            raise InvalidModel(f"the exported model takes {len(inputs)} inputs, expected 1")
-        self.input_shape = tuple(inputs[0]["shape"])
-        params = {_storage_key(self.tensors[n["name"]]): self.tensors[n["name"]].numel()
-                  for n in self.nodes if n.get("param")}
-        self.params = sum(params.values())  # tied weights count once
-        # free every intermediate after its last use: activations of big graphs add up
-        last: dict[str, int] = {}
-        for i, node in enumerate(self.nodes):
-            for name in _refs(node.get("args")) + _refs(node.get("kwargs")):
-                last[name] = i
-        self.free_after: dict[int, list[str]] = {}
-        for name, i in last.items():
-            self.free_after.setdefault(i, []).append(name)
-
-    def __call__(self, x: torch.Tensor) -> Any:
-        if tuple(x.shape) != self.input_shape:
-            raise InvalidModel(f"the model was exported for input {self.input_shape}, "
-                               f"evaluation uses {tuple(x.shape)}")
-        env: dict[str, Any] = {}
-        for i, node in enumerate(self.nodes):
-            op = node["op"]
-            if op == "input":
-                env[node["name"]] = x.clone()
-            elif op == "tensor":
-                env[node["name"]] = self.tensors[node["name"]].clone()
-            elif op == "call":
-                args = _decode(node["args"], env)
-                kwargs = _decode(node["kwargs"], env)
-                env[node["name"]] = self.ops[node["name"]](*args, **kwargs)
-            else:
-                return _decode(node["args"], env)
-            for name in self.free_after.get(i, ()):
-                env.pop(name, None)
-        raise InvalidModel("the exported graph has no output")
-
-
-def _storage_key(t: torch.Tensor) -> tuple[int, int, tuple[int, ...]]:
-    return t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape)
-
-
-def _resolve(target: str) -> Callable[..., Any]:
-    if target == "getitem":
-        return operator.getitem
-    m = _OP.fullmatch(target)
-    if m is None or "file" in m[2]:
-        raise InvalidModel(f"the artifact calls {target!r}; the evaluator only runs aten and "
-                           "prims operators that touch no files")
-    try:
-        op = getattr(getattr(getattr(torch.ops, m[1]), m[2]), m[3])
-    except (AttributeError, RuntimeError) as e:
-        raise InvalidModel(f"the artifact calls an unknown operator {target!r}") from e
-    if not isinstance(op, torch._ops.OpOverload):
-        raise InvalidModel(f"the artifact calls {target!r}, which is not an operator")
-    return op
-
-
-def _refs(a: Any) -> list[str]:
-    if isinstance(a, dict):
-        if "node" in a:
-            return [a["node"]]
-        return [r for v in a.values() for r in _refs(v)]
-    return []
-
-
-def _decode(a: Any, env: dict[str, Any]) -> Any:
-    if not isinstance(a, dict):
-        return a
-    ((kind, value),) = a.items()
-    if kind == "node":
-        return env[value]
-    if kind == "list":
-        return [_decode(x, env) for x in value]
-    if kind == "dict":
-        return {k: _decode(v, env) for k, v in value.items()}
-    if kind == "device":
-        return torch.device(value)
-    obj = getattr(torch, value, None)  # dtype, layout, memory_format: check the type
-    if kind in ("dtype", "layout", "memory_format") and type(obj).__name__ == kind:
-        return obj
-    raise InvalidModel(f"the artifact holds an unknown argument {a!r}")
-
-

@@ -29,6 +29,8 @@ import time
 import traceback
 from collections.abc import Callable
 
+from autoresearch.harness.warm import die_with, exit_now
+
 MAX_FDS = 8
 
 
@@ -92,8 +94,6 @@ def serve(parent: int, wait: float, run_child: Callable[[], int]) -> int:
 def _child(run: Callable[[], int], req: dict[str, object], fds: list[int], server: int,
            home: str) -> None:
     """Set up a forked child and run it to its end: it never returns into the server's loop."""
-    from autoresearch.harness.command import exit_now
-
     code = 70
     try:
         code = run() if _become(req, fds, server, home) else 0
@@ -112,8 +112,6 @@ def _child(run: Callable[[], int], req: dict[str, object], fds: list[int], serve
 def _become(req: dict[str, object], fds: list[int], server: int, home: str) -> bool:
     """In a new child: its own process group, dying with the server; the request's descriptors
     as 0, 1, 2 (and 3, ...), folder and environment. False if the server is already gone."""
-    from autoresearch.harness.command import die_with
-
     with contextlib.suppress(OSError):  # the server also sets it: whichever runs first
         os.setpgid(0, 0)
     targets = req["fds"]

@@ -1,10 +1,14 @@
-"""The training process (``--phase train``): the only place agent code runs.
+"""The training process (``--phase train``): the only place agent code runs, holding nothing
+trusted.
 
-``Run`` is what ``train(run)`` gets: the train split, the budget clock, batches and a progress
-printer. ``train_phase`` seeds everything, enters the Landlock sandbox *before* importing the
-source's train.py, calls ``train(run)``, and hands the returned model to
-:func:`autoresearch.harness.export.export_model`; it writes only a bookkeeping report, never a
-metric.
+``Run`` is what ``train(run)`` gets: a thin client of the runner's broker
+(:mod:`autoresearch.runner.broker`). It asks the broker for every batch over the process's one
+channel; the broker draws the batch, counts the tokens and keeps the clock, so nothing this
+process does to its own objects changes what is counted. ``train_phase`` seeds everything,
+enters the Landlock sandbox, says ``hello`` (the broker's setup clock starts), imports the
+source's train.py, calls ``train(run)``, exports the returned model
+(:func:`autoresearch.harness.export.export_model`) and hands its bytes back over the channel:
+the budget's clock stops when they have all arrived.
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import io
 import math
 import resource
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -34,70 +40,84 @@ from autoresearch.harness import (
     eval_plan,
     seed_everything,
 )
-from autoresearch.harness.export import export_model, snapshot, unwrap
-from autoresearch.metrics import SETUP_CAP, TIME_GRACE, Budget, TrainReport
+from autoresearch.harness.channel import read_exact, read_header, send
+from autoresearch.harness.export import export_model, unwrap
+from autoresearch.metrics import Budget
 from autoresearch.models import RunStatus
 
 
 class Run:
-    """What ``train(run)`` gets: the train split, the clock, and a progress printer."""
+    """What ``train(run)`` gets: batches, the budget's state, and a progress printer. Every
+    figure here is a copy of what the broker said; the broker's own counts are the ones
+    recorded."""
 
     BudgetExhausted = BudgetExhausted  # so train.py can `except run.BudgetExhausted`
 
-    def __init__(self, train_tokens: np.ndarray, *, device: str, seed: int, vocab_size: int,
-                 seq_len: int, budget: Budget, setup_cap: float = SETUP_CAP) -> None:
+    def __init__(self, channel: socket.socket, *, device: str, seed: int, vocab_size: int,
+                 seq_len: int, budget: Budget) -> None:
         self.device = device
         self.seed = seed
         self.vocab_size = vocab_size
         self.seq_len = seq_len
-        self.tokens = 0  # tokens served by get_batch
-        self.steps = 0  # batches served by get_batch
-        self.setup_seconds = 0.0
+        self.tokens = 0  # tokens served so far (the broker's count, as it last said)
+        self.steps = 0  # batches served so far
         self.failure: HarnessFailure | None = None  # kept even if train() catches it
         self.curve: CurveWriter | None = None  # where log() records its numbers, if set
-        self._data = train_tokens
-        self._rng = np.random.default_rng(seed)  # batches depend on the seed and nothing else
+        self._channel = channel
         self._budget = budget
-        self._setup_cap = setup_cap
-        self._t_setup = time.monotonic()
-        self._t_first: float | None = None  # the budget clock starts at the first batch
-        self._t_stop: float | None = None  # and stops when train() returns (finish)
+        self._t0: float | None = None  # the broker's clock starts at the first batch
+        self._t_stop: float | None = None
+        self._pinned: list[torch.Tensor] = []  # CUDA: two page-locked buffers, used in turn
+        self._events: list[Any] = []
 
     def get_batch(self, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y): ``batch_size`` random windows of the train split; y is x shifted by one."""
-        if self._t_first is None:
-            self.setup_seconds = time.monotonic() - self._t_setup
-            self._check_setup()
-            self._t_first = time.monotonic()
-        n = batch_size * seq_len
-        # the counters themselves, not tokens_left(): a method on the class can be replaced
-        left = self._budget.amount - self.tokens
-        if self._budget.kind == "tokens" and n > left:
-            raise BudgetExhausted(
-                f"get_batch({batch_size}, {seq_len}) refused: {n:,} tokens asked, "
-                f"{int(left):,} left of the {self._budget.describe()} budget"
-            )
-        if self._budget.kind == "time" and -self.time_left() > self._grace():
-            raise self._fail(BudgetExhausted(
-                f"get_batch refused: the {self._budget.describe()} budget ran out "
-                f"{-self.time_left():.1f} s ago"))
-        if batch_size < 1 or not 1 <= seq_len < len(self._data):
-            raise ValueError(f"get_batch({batch_size}, {seq_len}): need batch_size >= 1 and "
-                             f"1 <= seq_len < {len(self._data)} (the train split's size)")
-        starts = self._rng.integers(0, len(self._data) - seq_len, size=batch_size)
-        windows = torch.from_numpy(self._data[starts[:, None] + np.arange(seq_len + 1)])
-        windows = windows.to(torch.long)
-        self.tokens += n
+        if isinstance(batch_size, bool) or isinstance(seq_len, bool) \
+                or not isinstance(batch_size, int) or not isinstance(seq_len, int):
+            raise ValueError(f"get_batch({batch_size!r}, {seq_len!r}): integers please")
+        send(self._channel, {"op": "batch", "batch_size": batch_size, "seq_len": seq_len})
+        header, size = read_header(self._channel, max_payload=batch_size * (seq_len + 1))
+        if not header.get("ok"):
+            message = str(header.get("error"))
+            if header.get("kind") == "budget":
+                raise BudgetExhausted(message)
+            raise ValueError(message)
+        self._t0, self.tokens = float(header["t0"]), int(header["tokens"])
         self.steps += 1
+        shape = (batch_size, seq_len + 1)
+        if self.device.startswith("cuda"):
+            windows = self._to_cuda(size, shape)
+        else:
+            raw = np.frombuffer(read_exact(self._channel, size), dtype=np.uint8)
+            windows = torch.from_numpy(raw.reshape(shape).copy()).to(torch.long)
         x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
         return x.to(self.device), y.to(self.device)
 
+    def _to_cuda(self, size: int, shape: tuple[int, int]) -> torch.Tensor:
+        """Read the batch into a page-locked buffer and copy it to the GPU asynchronously (two
+        buffers in turn, each reused only once its copy is done), widening it there: the
+        device never waits for a pageable copy or a CPU-side conversion."""
+        if not self._pinned or self._pinned[0].numel() < size:
+            self._pinned = [torch.empty(size, dtype=torch.uint8).pin_memory() for _ in range(2)]
+            self._events = [None, None]
+        i = self.steps % 2
+        if self._events[i] is not None:
+            self._events[i].synchronize()
+        buf = self._pinned[i]
+        read_exact(self._channel, size, into=memoryview(buf.numpy().data))
+        on_device = buf[:size].to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._events[i] = event
+        return on_device.view(shape).to(torch.long)
+
     def time_left(self) -> float:
         """Seconds left of a time budget (the whole budget before the first batch); inf for a
-        token budget."""
+        token budget. The broker's clock runs until the model is handed back: leave time for
+        the export."""
         if self._budget.kind != "time":
             return math.inf
-        used = 0.0 if self._t_first is None else time.monotonic() - self._t_first
+        used = 0.0 if self._t0 is None else time.monotonic() - self._t0
         return self._budget.amount - used
 
     def tokens_left(self) -> float:
@@ -123,36 +143,17 @@ class Run:
             self.curve.add(self.seconds(), self.tokens, self.steps, numbers)
 
     def seconds(self) -> float:
-        """Seconds on the budget clock so far (up to train() returning, once it has)."""
+        """Seconds since the first batch (up to train() returning, once it has)."""
         end = time.monotonic() if self._t_stop is None else self._t_stop
-        return 0.0 if self._t_first is None else end - self._t_first
+        return 0.0 if self._t0 is None else end - self._t0
 
     def finish(self) -> None:
-        """Called by the harness after train() returned: raise what train() may have hidden."""
+        """Called after train() returned: raise what train() may have hidden."""
         self._t_stop = time.monotonic()
         if self.curve is not None:
             self.curve.close()
-        if self._t_first is None:
-            self.setup_seconds = time.monotonic() - self._t_setup
-            self._check_setup()
         if self.failure is not None:
             raise self.failure
-        if self._budget.kind == "tokens" and self.tokens > self._budget.amount:
-            raise BudgetExhausted(f"train() drew {self.tokens:,} tokens; the budget is "
-                                  f"{self._budget.describe()}")
-        if self._budget.kind == "time" and -self.time_left() > self._grace():
-            raise BudgetExhausted(
-                f"train() returned {self.seconds():.1f} s after its first batch; the budget "
-                f"is {self._budget.describe()} (+{self._grace():.1f} s grace)")
-
-    def _check_setup(self) -> None:
-        if self.setup_seconds > self._setup_cap:
-            raise self._fail(BudgetExhausted(
-                f"setup took {self.setup_seconds:.1f} s before the first batch; the cap is "
-                f"{self._setup_cap:g} s"))
-
-    def _grace(self) -> float:
-        return self._budget.amount * TIME_GRACE[0] + TIME_GRACE[1]
 
     def _fail(self, failure: HarnessFailure) -> HarnessFailure:
         self.failure = self.failure or failure
@@ -164,8 +165,6 @@ def fence(args: argparse.Namespace) -> None:
     from autoresearch import sandbox
 
     read, write = sandbox.default_paths(Path(args.source), Path.cwd(), args.writable or [])
-    read.append(str(Path(args.data)))
-    write += [str(Path(args.artifact).parent), str(Path(args.report).parent)]
     try:
         state = sandbox.restrict(read, write)
     except sandbox.SandboxError as e:
@@ -192,49 +191,47 @@ def load_train(source: Path) -> Callable[[Run], Any]:
 
 
 def train_phase(args: argparse.Namespace) -> int:
-    report = TrainReport()
-    run: Run | None = None
+    channel = socket.socket(fileno=int(args.channel.removeprefix("fd:")))
+    status, error = RunStatus.crash, ""
     try:
         sys.dont_write_bytecode = True  # leave no __pycache__ in the experiment's worktree
         seed_everything(args.seed)
-        # the machine's speed, timed before any agent code (and before the setup clock)
-        report.speed_before = speed.reference_speed(args.device)
-        train_data = np.memmap(Path(args.data) / "train.bin", dtype=np.uint8, mode="r")
-        run = Run(train_data, device=args.device, seed=args.seed, vocab_size=256,
-                  seq_len=args.seq_len, budget=budget_of(args), setup_cap=args.setup_cap)
-        run.curve = CurveWriter(Path(args.report).with_name(CURVE_FILE))
+        # the machine's speed, timed before any agent code (bookkeeping, see speed.py)
+        speed_before = speed.reference_speed(args.device)
         if args.sandbox == "on":
             fence(args)  # from here on, nothing outside the allowed folders can be opened
+        send(channel, {"op": "hello", "speed_before": speed_before,
+                       "ready_at": getattr(args, "ready_at", 0.0)})
+        run = Run(channel, device=args.device, seed=args.seed, vocab_size=256,
+                  seq_len=args.seq_len, budget=budget_of(args))
+        run.curve = CurveWriter(Path.cwd() / CURVE_FILE)
         train = load_train(Path(args.source))
         model = train(run)
         run.finish()
         if not isinstance(model, torch.nn.Module):
             raise InvalidModel(f"train() returned {type(model).__name__}, expected a "
                                "torch.nn.Module")
-        model = unwrap(model)
-        weights = snapshot(model)  # before any method of the model runs again
         t0 = time.monotonic()
         batch, _ = eval_plan(args.device)
-        export_model(model, Path(args.artifact), batch, args.seq_len, args.device,
-                     expect=weights)
-        report.export_seconds = time.monotonic() - t0
-        report.status = RunStatus.ok
+        artifact = io.BytesIO()
+        export_model(unwrap(model), artifact, batch, args.seq_len, args.device)
+        done = {"op": "done", "export_seconds": time.monotonic() - t0,
+                "speed_after": speed.reference_speed(args.device),
+                "peak_memory_mb": _peak_memory_mb(args.device)}
+        send(channel, done, artifact.getbuffer())
+        channel.close()
+        print(f"[harness] training: handed back the model ({run.steps} batches, "
+              f"{run.tokens:,} tokens)", flush=True)
+        return 0
     except (Exception, SystemExit) as e:  # agent code may raise anything, sys.exit included
-        report.status = e.status if isinstance(e, HarnessFailure) else RunStatus.crash
-        report.error = describe(e)
-    if report.speed_before is not None:
-        with contextlib.suppress(Exception):  # a model that broke the device: speed unknown
-            report.speed_after = speed.reference_speed(args.device)
-    if run is not None:
-        report.steps, report.train_tokens = run.steps, run.tokens
-        report.train_seconds, report.setup_seconds = run.seconds(), run.setup_seconds
-    report.peak_memory_mb = _peak_memory_mb(args.device)
-    report.ready_at = getattr(args, "ready_at", 0.0)
-    Path(args.report).write_text(report.model_dump_json(indent=2), encoding="utf-8")
-    print(f"[harness] training: {report.status.value} ({report.steps} batches, "
-          f"{report.train_tokens:,} tokens, {report.train_seconds:.1f} s)", flush=True)
-    return 0 if report.status == RunStatus.ok else 1
-
+        status = e.status if isinstance(e, HarnessFailure) else RunStatus.crash
+        error = describe(e)
+    with contextlib.suppress(OSError):  # the broker stopped listening: it already knows
+        send(channel, {"op": "failed", "status": status.value, "error": error})
+    channel.close()
+    print(f"[harness] training: {status.value}: {error.splitlines()[0] if error else ''}",
+          flush=True)
+    return 1
 
 
 def _peak_memory_mb(device: str) -> float:

@@ -1,5 +1,5 @@
-"""Looks for the validation split wherever train() can reach and prints what it found on one
-line, "SNOOP {json}". Returns no model (so the runner stops before evaluation)."""
+"""Looks for the validation split (or any data) wherever train() can reach and prints what it
+found on one line, "SNOOP {json}". Returns no model (so the runner stops before evaluation)."""
 
 import gc
 import json
@@ -26,7 +26,7 @@ def train(run):
     for _ in range(20):
         x, y = run.get_batch(8, 64)
         batch_bytes |= set(x.flatten().tolist()) | set(y.flatten().tolist())
-    data_dir = Path(sys.argv[sys.argv.index("--data") + 1])
+    data_dir = Path(sys.argv[sys.argv.index("--data") + 1]) if "--data" in sys.argv else None
     # every byte array reachable from run, from any module, or from any gc-tracked object
     seen = set()
     objects = [*vars(run).values(), *gc.get_objects()]
@@ -39,7 +39,8 @@ def train(run):
     found = {
         "batch_bytes": sorted(batch_bytes),
         "reachable_bytes": sorted(seen),
-        "files": sorted(p.name for p in data_dir.iterdir()),
+        "files": [] if data_dir is None else sorted(p.name for p in data_dir.iterdir()),
+        "scratch": sorted(str(p.relative_to(os.getcwd())) for p in Path.cwd().rglob("*")),
         "argv": sys.argv,
         "run_attributes": sorted(vars(run)),
         "our_settings": sorted(k for k in os.environ if k.startswith("AUTORESEARCH_")),
