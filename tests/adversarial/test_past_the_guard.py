@@ -10,8 +10,8 @@ honestly, by the harness alone (DESIGN.md, "Threat model"):
   cache to find (and under Landlock, tests/test_sandbox.py, it could not open it anyway);
 - a budget lifted by replacing ``Run.tokens_left`` on the class: ``get_batch`` reads its own
   counters, and ``finish`` compares the tokens drawn with the budget;
-- training inside ``model.eval()`` after ``train`` returned: the exported weights must equal
-  a copy taken the moment ``train`` returned;
+- training inside ``model.eval()`` after ``train`` returned: the broker's clock runs until the
+  exported model is handed back, so it is training time, and late;
 - a fake metric printed and planted as files: nothing reads them.
 
 The cheating sources crash when their shortcut itself stops working, so a broken cheat is
@@ -190,10 +190,12 @@ def test_train_cannot_lift_its_token_budget(measured: dict[str, Metrics]) -> Non
     assert m.train_tokens <= TOKENS.amount
 
 
-def test_training_after_train_returns_is_refused(measured: dict[str, Metrics]) -> None:
+def test_training_after_train_returns_is_on_the_clock(measured: dict[str, Metrics]) -> None:
+    """The broker's clock runs until the model's bytes are in: training in eval() (which the
+    export calls) is training time, and 4 s of it after a 1 s budget is a timeout."""
     m = measured["train_in_eval"]
-    assert m.status == RunStatus.invalid_model, _said(m)
-    assert m.error is not None and "weights changed after train() returned" in m.error
+    assert m.status == RunStatus.timeout, _said(m)
+    assert m.error is not None and "no model handed back within" in m.error
     assert m.val_bpb is None
 
 
