@@ -3,6 +3,7 @@ formula, and how a measurement shows it (`train`'s metrics line, `show`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,66 @@ def test_metrics_without_the_new_fields_still_read() -> None:
         old.pop(key)
     m = Metrics.model_validate(old)
     assert m.mfu is None and m.flops_per_token is None and m.device_name is None
+
+
+@pytest.fixture
+def recorded(tmp_path: Path) -> Path:
+    """A workspace whose one run measured a baseline on a known and an unknown GPU, and a
+    candidate on a CPU."""
+    from autoresearch.models import ExperimentStatus
+    from autoresearch.store import Store
+
+    store = Store(tmp_path / "results.db")
+    run = store.add_run(agent="mock", model="m", budget_kind="time", budget_amount=60,
+                        seeds="[0, 1]", device="cuda", dataset="x", dataset_sha256="ab" * 32,
+                        experiments_planned=1, branch="run/1", baseline_commit="b0",
+                        champion_commit="b0")
+    assert run.id is not None
+    gpu = store.add_experiment(run_id=run.id, kind="baseline", title="baseline",
+                               status=ExperimentStatus.kept, val_bpb=2.0, commit="b0")
+    cpu = store.add_experiment(run_id=run.id, kind="candidate", seq=1, title="on a CPU",
+                               status=ExperimentStatus.discarded, val_bpb=2.1, commit="c1",
+                               parent_commit="b0")
+    assert gpu.id is not None and cpu.id is not None
+    store.add_measurement(gpu.id, _metrics(seed=0, device="cuda", mfu=0.4127,
+                                           device_name="NVIDIA H100 80GB HBM3",
+                                           flops_per_token=2.5e7))
+    store.add_measurement(gpu.id, _metrics(seed=1, device="cuda",
+                                           device_name="NVIDIA Future GPU 9000",
+                                           flops_per_token=2.5e7))
+    store.add_measurement(cpu.id, _metrics(seed=0, device="cpu"))
+    store.close()
+    return tmp_path
+
+
+def test_show_prints_mfu_per_measurement_on_a_gpu(recorded: Path) -> None:
+    from typer.testing import CliRunner
+
+    from autoresearch.cli import app
+
+    result = CliRunner().invoke(app, ["--workspace", str(recorded), "show", "1"])
+    assert result.exit_code == 0, result.output
+    seeds = [ln for ln in result.stdout.splitlines() if ln.strip().startswith("seed ")]
+    assert "MFU 41.3% (NVIDIA H100 80GB HBM3)" in seeds[0]
+    assert "MFU n/a (no peak FLOP/s known for NVIDIA Future GPU 9000)" in seeds[1]
+    shown = json.loads(CliRunner().invoke(
+        app, ["--workspace", str(recorded), "show", "1", "--json"]).stdout)
+    assert [m["mfu"] for m in shown["measurements"]] == [0.4127, None]
+    assert shown["measurements"][0]["flops_per_token"] == 2.5e7
+    result = CliRunner().invoke(app, ["--workspace", str(recorded), "show", "2"])
+    assert result.exit_code == 0 and "MFU" not in result.stdout
+
+
+def test_the_dashboard_shows_an_mfu_column_for_gpu_measurements(recorded: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from autoresearch.dashboard.app import create_app
+
+    client = TestClient(create_app(recorded, recorded / "results.db"))
+    page = client.get("/experiments/1")
+    assert page.status_code == 200
+    assert '<th class="num">MFU</th>' in page.text
+    assert ">41.3%</td>" in page.text and 'title="NVIDIA Future GPU 9000">n/a</td>' in page.text
+    assert client.get("/experiments/1.json").json()["measurements"][0]["mfu"] == 0.4127
+    cpu = client.get("/experiments/2")
+    assert cpu.status_code == 200 and ">MFU<" not in cpu.text
