@@ -12,7 +12,13 @@ about itself, so it never counts its own FLOPs):
   below (datasheet figures, without the 2:4 sparsity doubling); None for a GPU not in it and
   for a CPU, where no figure would be honest.
 - ``mfu(flops_per_token_fwd, tokens, seconds, peak)``: training FLOPs per second over the
-  peak, with training FLOPs estimated as 3x forward (below).
+  peak, with training FLOPs estimated as 3x forward (below); ``of_training`` wraps it for the
+  runner (None where no value would be honest), ``device_name`` names the evaluator's GPU.
+
+Wiring (trusted side only): the evaluation process sets ``EvalReport.flops_per_token =
+forward_flops_per_token(graph, x)`` on one evaluation batch and ``device_name``; the runner
+copies both into Metrics and sets ``Metrics.mfu = of_training(flops_per_token, device_name,
+train_tokens, train_seconds)`` from the tokens and seconds it counted itself.
 """
 
 from __future__ import annotations
@@ -118,6 +124,28 @@ def mfu(flops_per_token_fwd: float, tokens: float, seconds: float, peak: float) 
     if flops_per_token_fwd < 0 or tokens < 0:
         raise ValueError("MFU needs non-negative FLOPs and tokens")
     return TRAIN_PER_FORWARD * flops_per_token_fwd * tokens / seconds / peak
+
+
+def of_training(flops_per_token_fwd: float | None, device_name: str | None, tokens: float,
+                seconds: float, dtype: Any = "bf16") -> float | None:
+    """A measurement's MFU, for the runner: its trusted token count and training seconds, the
+    evaluator's FLOP count and GPU name. None where there is no honest value: no FLOP count, a
+    CPU, a GPU not in the table, no training time. ``dtype``: whose peak to divide by; bf16 by
+    default, as is usual for MFU (the trusted side cannot know what the agent's code autocasts
+    to, and the baseline's CUDA preset trains in bf16)."""
+    if flops_per_token_fwd is None or not device_name or seconds <= 0:
+        return None
+    peak = peak_flops(device_name, dtype)
+    return None if peak is None else mfu(flops_per_token_fwd, tokens, seconds, peak)
+
+
+def device_name(device: str) -> str | None:
+    """torch.cuda.get_device_name() of a CUDA ``device`` ("cuda", "cuda:1"); None otherwise."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return str(torch.cuda.get_device_name(torch.device(device)))
 
 
 def forward_flops(fn: Callable[[Any], Any], x: Any) -> float:

@@ -122,6 +122,22 @@ def test_mfu_is_three_forward_passes_per_token_over_the_peak() -> None:
         mfu.mfu(1e9, 100_000, 1.0, 0.0)
 
 
+def test_of_training_is_none_where_no_value_would_be_honest() -> None:
+    h100 = "NVIDIA H100 80GB HBM3"
+    assert mfu.of_training(1e9, h100, 100_000, 2.0) == pytest.approx(
+        3e9 * 100_000 / 2.0 / 989.4e12)
+    assert mfu.of_training(1e9, h100, 100_000, 2.0, "fp32") == pytest.approx(
+        3e9 * 100_000 / 2.0 / 66.9e12)
+    assert mfu.of_training(None, h100, 100_000, 2.0) is None  # the evaluator counted nothing
+    assert mfu.of_training(1e9, None, 100_000, 2.0) is None  # a CPU
+    assert mfu.of_training(1e9, "NVIDIA Future GPU 9000", 100_000, 2.0) is None
+    assert mfu.of_training(1e9, h100, 0, 0.0) is None  # no training time
+
+
+def test_device_name_is_none_off_cuda() -> None:
+    assert mfu.device_name("cpu") is None and mfu.device_name("mps") is None
+
+
 def _metrics(**fields: object) -> Metrics:
     base: dict[str, object] = dict(status=RunStatus.ok, val_bpb=2.0, val_loss=1.4, steps=10,
                                    train_tokens=1000, train_seconds=1.0, total_seconds=2.0)
