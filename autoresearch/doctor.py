@@ -198,10 +198,15 @@ def _device(asked: str, torch: Any) -> str:
 def _devices(torch: Any, asked: str, device: str) -> list[Check]:
     out: list[Check] = []
     if torch.cuda.is_available():
-        for i in range(torch.cuda.device_count()):
+        count = torch.cuda.device_count()
+        for i in range(count):
             p = torch.cuda.get_device_properties(i)
             out.append(Check(f"cuda:{i}", "ok", f"{p.name}, {p.total_memory / 1024**3:.0f} GiB, "
                              f"compute capability {p.major}.{p.minor}"))
+        if _cuda_index(device) >= count:
+            out.append(Check("cuda", "missing", f"{device} does not exist here ({count} CUDA "
+                             f"device{'s' * (count != 1)})", "name one of the devices above",
+                             needed=True))
     else:
         why = ("torch is a CPU build" if not torch.version.cuda else
                f"torch is a CUDA {torch.version.cuda} build but sees no GPU (no driver, or "
@@ -227,10 +232,9 @@ def _devices(torch: Any, asked: str, device: str) -> list[Check]:
 
 def _precision(torch: Any, device: str) -> list[Check]:
     if device.startswith("cuda") and torch.cuda.is_available():
-        index = int(device.split(":")[1]) if ":" in device else 0
+        index = _cuda_index(device)
         if index >= torch.cuda.device_count():
-            return [Check("bf16", "missing", f"{device} does not exist here",
-                          f"use a device below cuda:{torch.cuda.device_count()}", needed=True)]
+            return []  # said by the cuda check
         major, minor = torch.cuda.get_device_capability(index)
         ampere = major >= 8
         bf16 = (Check("bf16", "ok", "native bf16 (the CUDA preset's autocast)") if ampere else
@@ -255,6 +259,13 @@ def _precision(torch: Any, device: str) -> list[Check]:
         how = f"native ({', '.join(native)})" if native else "emulated: slower than fp32"
         return [Check("bf16", "ok", f"bf16 works, {how}; the CPU preset leaves it off")]
     return []
+
+
+def _cuda_index(device: str) -> int:
+    """"cuda:2" -> 2; "cuda" -> 0 (and -1 for a device that is not CUDA)."""
+    if not device.startswith("cuda"):
+        return -1
+    return int(device.partition(":")[2] or 0)
 
 
 def _cpu_flags() -> set[str]:
@@ -346,7 +357,7 @@ def _fence_probe() -> str:
 def _processes(device: str) -> Check:
     if not device.startswith("cpu"):
         return Check("processes", "ok", "started ahead while the previous job trains, never "
-                     "forked: a process that has initialised CUDA cannot be forked safely")
+                     "forked: a process that has initialised the GPU cannot be forked safely")
     if forks.available():
         return Check("processes", "ok", "fork servers: each job's processes are forks of one "
                      "server per phase that imported torch once")
@@ -449,6 +460,8 @@ def _keys(env: Mapping[str, str], agent: str, base_url: str | None) -> Check:
     if agent in KEY_VARS and KEY_VARS[agent] not in set_ and not base_url:
         return Check("api keys", "missing", detail, f"export {KEY_VARS[agent]}=... for "
                      f"--agent {agent}", needed=True)
+    if agent not in ("auto", *KEY_VARS):
+        return Check("api keys", "ok", f"{detail}: none needed for --agent {agent}")
     if not set_:
         return Check("api keys", "warning", detail + ": --agent auto uses the offline "
                      "playbook agent", "export ANTHROPIC_API_KEY or OPENAI_API_KEY for an "

@@ -151,6 +151,9 @@ def test_doctor_shows_which_keys_are_set_never_their_values(
     assert lines(result)["api keys"].startswith(
         "warning  api keys    ANTHROPIC_API_KEY not set; OPENAI_API_KEY not set: --agent auto "
         "uses the offline playbook agent")
+    result = doctor(workspace, "--quick", "--agent", "playbook")
+    assert result.exit_code == 0 and lines(result)["api keys"].endswith(
+        "OPENAI_API_KEY not set: none needed for --agent playbook")
     # an agent that needs a key it does not have: the loop cannot run
     result = doctor(workspace, "--quick", "--agent", "openai")
     assert result.exit_code == 1 and lines(result)["api keys"].startswith("missing")
@@ -302,3 +305,35 @@ def test_doctor_bad_input_is_one_line_and_exit_2(workspace: Path, args: list[str
     assert result.exit_code == 2, result.output
     assert message in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def _fake_torch(*gpus: tuple[str, int, tuple[int, int]]) -> object:
+    """A stand-in for torch on a CUDA machine (name, bytes, capability per GPU): this machine
+    has no GPU, and the CUDA lines of doctor should have run at least once before a user's."""
+    from types import SimpleNamespace
+
+    props = [SimpleNamespace(name=n, total_memory=b, major=c[0], minor=c[1]) for n, b, c in gpus]
+    cuda = SimpleNamespace(is_available=lambda: bool(gpus), device_count=lambda: len(gpus),
+                           get_device_properties=lambda i: props[i],
+                           get_device_capability=lambda i: (props[i].major, props[i].minor))
+    return SimpleNamespace(cuda=cuda, version=SimpleNamespace(cuda="12.8"),
+                           backends=SimpleNamespace(mps=None))
+
+
+def test_doctor_lines_for_cuda_devices() -> None:
+    from autoresearch import doctor as doctor_mod
+
+    torch = _fake_torch(("NVIDIA H100 80GB HBM3", 80 * 1024**3, (9, 0)),
+                        ("Tesla V100-SXM2-16GB", 16 * 1024**3, (7, 0)))
+    assert doctor_mod._device("auto", torch) == "cuda"
+    assert [c.line() for c in doctor_mod._devices(torch, "auto", "cuda")] == [
+        "ok       cuda:0      NVIDIA H100 80GB HBM3, 80 GiB, compute capability 9.0",
+        "ok       cuda:1      Tesla V100-SXM2-16GB, 16 GiB, compute capability 7.0"]
+    assert [c.state for c in doctor_mod._precision(torch, "cuda:0")] == ["ok", "ok"]
+    bf16, tf32 = doctor_mod._precision(torch, "cuda:1")
+    assert bf16.state == "warning" and "set BF16=False" in bf16.fix
+    assert tf32.state == "warning" and "7.0" in tf32.detail
+    missing = doctor_mod._devices(torch, "cuda:2", "cuda:2")[-1]
+    assert missing.blocking and missing.line().startswith(
+        "missing  cuda        cuda:2 does not exist here (2 CUDA devices)")
+    assert doctor_mod._precision(torch, "cuda:2") == []
