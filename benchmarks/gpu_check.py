@@ -247,7 +247,8 @@ def _worker(gpu: str, name: str, folder: Path) -> Any:
 def _side_by_side(c: Check, gpus: list[str], tag: str) -> list[tuple[runner.Job, Metrics]]:
     assert c.probe is not None
     budget = Budget(kind="tokens", amount=PROBE_TOKENS)
-    workers = [_worker(g, f"w{i} gpu {g}", c.work / "workers") for i, g in enumerate(gpus)]
+    # a folder each: two runner.Slots of one process in one folder would share pid-file names
+    workers = [_worker(g, f"w{i} gpu {g}", c.work / tag / f"w{i}") for i, g in enumerate(gpus)]
     jobs = [c.job(c.probe, f"{tag}-{i}", budget, seed=i) for i in range(len(gpus))]
     results: list[Metrics | None] = [None] * len(gpus)
 
