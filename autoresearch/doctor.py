@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,7 +116,8 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"device": self.device, "ready": self.ready,
-                "checks": [{**asdict(c), "blocking": c.blocking} for c in self.checks]}
+                "checks": [{"name": c.name, "state": c.state, "detail": c.detail, "fix": c.fix,
+                            "blocking": c.blocking} for c in self.checks]}
 
 
 def diagnose(settings: Settings, *, env: Mapping[str, str] | None = None,
