@@ -8,6 +8,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import ModuleType
 
@@ -55,7 +56,9 @@ def test_without_cuda_it_runs_setup_then_says_so_and_exits_2(corpus: Path) -> No
 
 
 def test_a_broken_step_stops_the_check_with_its_name(
-        gpu_check: ModuleType, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        gpu_check: ModuleType, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the logs it keeps land here
     ran: list[str] = []
 
     def fine(c: object) -> str:
@@ -72,6 +75,8 @@ def test_a_broken_step_stops_the_check_with_its_name(
     assert err.startswith("gpu_check FAILED at step 'sandbox': the fenced probe could read "
                           "the validation split (logs kept in ")
     assert "  sandbox " in out and "FAILED: the fenced probe" in out  # the table of steps
+    kept = err.rsplit("(logs kept in ", 1)[1].split(")")[0]
+    assert (Path(kept) / "probe" / "train.py").is_file() and Path(kept).parent == tmp_path
 
 
 def test_the_probe_reports_the_fence_and_its_start(gpu_check: ModuleType, corpus: Path,
