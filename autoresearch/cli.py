@@ -166,6 +166,38 @@ def train(
             raise typer.Exit(1)
 
 
+@app.command()
+def doctor(
+    device: Device = None,
+    agent: Annotated[str | None, typer.Option(
+        help="The agent the loop will use (its API key is then needed).")] = None,
+    base_url: Annotated[str | None, typer.Option(
+        help="An OpenAI-compatible server URL to check.")] = None,
+    backend: Annotated[str | None, typer.Option(help="local or ray.")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="A Ray cluster's address to check, e.g. 10.0.0.1:6379.")] = None,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Skip the torch.compile check (seconds to a minute).")] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Check this machine for `loop`: torch and GPUs, bf16, compile, sandbox, git, disk, data,
+    API keys, Ray. Exit 1 when something the loop needs is missing."""
+    with _errors():
+        from autoresearch import doctor as doctor_mod
+
+        s = _settings(device=device, agent=agent, base_url=base_url, backend=backend,
+                      ray_address=ray_address)
+        found = doctor_mod.diagnose(s, compile_check=not quick)
+        if as_json:
+            out.print_json(json.dumps(found.to_dict()))
+        else:
+            for check in found.checks:
+                out.print(check.line(), markup=False)
+            out.print(found.summary(), markup=False)
+        if not found.ready:
+            raise typer.Exit(1)
+
+
 # -- loop -----------------------------------------------------------------------------------------
 @app.command()
 def loop(

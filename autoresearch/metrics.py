@@ -71,6 +71,12 @@ class Metrics(BaseModel):
     worker: str = ""
     threads: int | None = None
     concurrency: int = 1
+    # model FLOPs utilisation on a GPU (autoresearch/mfu.py): the forward FLOPs per token that
+    # the evaluation process counted on the exported graph, the GPU's name, and MFU against its
+    # dense peak; None on a CPU, and MFU None for a GPU whose peak is not known
+    flops_per_token: float | None = None
+    device_name: str | None = None
+    mfu: float | None = None
 
     @model_validator(mode="after")
     def _no_metric_unless_ok(self) -> Metrics:
@@ -125,3 +131,7 @@ class EvalReport(BaseModel):
     eval_seconds: float = 0.0
     torch_version: str = ""
     ready_at: float = 0.0  # time.monotonic() when imports were done
+    # forward FLOPs per token of the exported graph on one evaluation batch (autoresearch/mfu.py)
+    # and the device it ran on (torch.cuda.get_device_name(); None on a CPU)
+    flops_per_token: float | None = None
+    device_name: str | None = None

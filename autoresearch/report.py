@@ -37,7 +37,28 @@ def metrics_text(m: Metrics) -> str:
             f"tokens/s {m.train_tokens / max(m.train_seconds, 1e-9):,.0f}  "
             f"train {m.train_seconds:.1f}s  total {m.total_seconds:.1f}s  params {m.params:,}  "
             f"peak {m.peak_memory_mb:.0f} MB  device {m.device}  data {m.dataset}  "
-            f"sandbox {m.sandbox}")
+            f"sandbox {m.sandbox}{mfu_text(m.mfu, m.device, m.device_name)}")
+
+
+def mfu_text(mfu: float | None, device: str, device_name: str | None) -> str:
+    """'  MFU 41.3% (NVIDIA H100 80GB HBM3)' for a line about a measurement on a GPU; on a GPU
+    whose peak is not known, says so; on a CPU, nothing (no peak there would be honest)."""
+    if not device.startswith("cuda"):
+        return ""
+    if mfu is not None:
+        return f"  MFU {mfu:.1%}" + (f" ({device_name})" if device_name else "")
+    if device_name:
+        return f"  MFU n/a (no peak FLOP/s known for {device_name})"
+    return "  MFU n/a"
+
+
+def mfu_fields(metrics_json: str) -> dict[str, Any]:
+    """A stored measurement's MFU, forward FLOPs per token, device and GPU name."""
+    try:
+        stored = json.loads(metrics_json or "{}")
+    except ValueError:
+        stored = {}
+    return {k: stored.get(k) for k in ("mfu", "flops_per_token", "device", "device_name")}
 
 
 def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str, Any]:
@@ -63,7 +84,8 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
              "total_seconds": m.total_seconds, "params": m.params, "error": m.error,
              "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
              "drift": m.drift, "worker": m.worker, "threads": m.threads,
-             "concurrency": m.concurrency, "breakdown": breakdown(m.metrics)}
+             "concurrency": m.concurrency, "breakdown": breakdown(m.metrics),
+             **mfu_fields(m.metrics)}
             for m in store.measurements(e.id)
         ]
         d["agent_calls"] = [
@@ -215,7 +237,9 @@ def experiment_text(store: Store, e: Experiment) -> str:
         who = ROLE_LABEL.get(m["role"], f" {m['role']}")
         lines.append(f"  seed {m['seed']}{who}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
                      f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
-                     f"{m['total_seconds']:.1f}s{_speed(m)}{_where(m)}{extra}")
+                     f"{m['total_seconds']:.1f}s{_speed(m)}"
+                     f"{mfu_text(m['mfu'], m['device'] or '', m['device_name'])}"
+                     f"{_where(m)}{extra}")
         if m["drift"]:
             lines.append(f"    ! machine speed: {m['drift']}")
     dec = d["decision"]
