@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from autoresearch import data as data_mod
-from autoresearch import forks, integrity, sandbox
+from autoresearch import integrity, sandbox
 from autoresearch.config import Settings
 from autoresearch.errors import UsageError, one_line
+from autoresearch.runner import forks
 
 State = Literal["ok", "warning", "missing"]
 MIN_PYTHON = (3, 11)

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from autoresearch import mfu
 from autoresearch.harness import (
     HarnessFailure,
     InvalidModel,
@@ -202,13 +203,18 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
     total = 0.0
     for loss in losses:
         total += loss
+    flops = None  # the forward FLOPs of the graph itself, on a GPU (for MFU: mfu.py)
+    if device.startswith("cuda"):
+        with torch.inference_mode():
+            flops = mfu.forward_flops_per_token(model, batches[0][0])
     tokens = len(batches) * batch * seq_len
     val_loss = total / tokens
     if not math.isfinite(val_loss):
         raise NonFiniteLoss(f"the validation loss is {val_loss}")
     return EvalReport(status=RunStatus.ok, val_loss=val_loss, eval_tokens=tokens,
                       val_bpb=val_loss / math.log(2),  # one token is one byte
-                      seq_len=seq_len, params=model.params, causal_ok=True)
+                      seq_len=seq_len, params=model.params, causal_ok=True,
+                      flops_per_token=flops, device_name=mfu.device_name(device))
 
 
 def eval_phase(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from autoresearch import curves, integrity
+from autoresearch import curves, integrity, mfu
 from autoresearch import sandbox as sandbox_mod
 from autoresearch.data import load_prepared
 from autoresearch.errors import DataError, UsageError
@@ -254,7 +254,11 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
     else:
         metrics = metrics.model_copy(update=result.model_dump(
             include={"status", "error", "val_loss", "val_bpb", "eval_tokens", "seq_len",
-                     "params", "causal_ok", "eval_seconds", "torch_version"}))
+                     "params", "causal_ok", "eval_seconds", "torch_version",
+                     "flops_per_token", "device_name"}))
+        # from the graph's FLOPs (the evaluator's count) and the broker's tokens and seconds
+        metrics.mfu = mfu.of_training(metrics.flops_per_token, metrics.device_name,
+                                      metrics.train_tokens, metrics.train_seconds)
         if result.ready_at:
             metrics.eval_start_seconds = max(0.0, result.ready_at - ev.proc.started)
     return metrics
