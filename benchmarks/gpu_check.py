@@ -76,13 +76,14 @@ def report():
         print("probe: forbidden read allowed", flush=True)
     except PermissionError:
         print("probe: forbidden read refused", flush=True)
-    parent = Path(f"/proc/{{os.getppid()}}/cmdline")
+    # its own command line: a fork server's child carries the server's (the sandbox hides
+    # every other process's /proc entries, its parent's included)
     try:
-        cmd = parent.read_bytes().replace(b"\\0", b" ").decode(errors="replace")
+        cmd = Path("/proc/self/cmdline").read_bytes().replace(b"\\0", b" ").decode(errors="replace")
     except OSError as e:
         cmd = f"unreadable ({{e.__class__.__name__}})"
     bad_fork = getattr(torch.cuda, "_is_in_bad_fork", lambda: False)()
-    print(f"probe: parent={{cmd.strip()}}", flush=True)
+    print(f"probe: started_as={{cmd.strip()}}", flush=True)
     print(f"probe: bad_fork={{bad_fork}} visible={{torch.cuda.device_count()}}", flush=True)
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -166,8 +167,8 @@ def _probe_lines(out_dir: Path) -> dict[str, str]:
     for line in log.splitlines():
         if line.startswith("probe: forbidden read "):
             found["read"] = line.split()[-1]
-        elif line.startswith("probe: parent="):
-            found["parent"] = line.removeprefix("probe: parent=")
+        elif line.startswith("probe: started_as="):
+            found["started_as"] = line.removeprefix("probe: started_as=")
         elif line.startswith("probe: "):
             for pair in line.removeprefix("probe: ").split(" ", 1):
                 key, _, value = pair.partition("=")
@@ -229,8 +230,8 @@ def step_warm_slot(c: Check) -> str:
         probe = _probe_lines(j.out_dir)
         _need(probe.get("bad_fork") == "False", f"{j.out_dir.name}: the training process was "
               "forked from a process that had initialised CUDA")
-        _need("--fork-server" not in probe.get("parent", ""), f"{j.out_dir.name}: the "
-              f"training process is a fork server's child ({probe.get('parent')})")
+        _need("--fork-server" not in probe.get("started_as", ""), f"{j.out_dir.name}: the "
+              f"training process is a fork server's child ({probe.get('started_as')})")
     return ("second job warm; no process forked after CUDA initialisation: on a GPU the slot "
             "starts each process as a new Python (subprocess), never as a fork of a server")
 

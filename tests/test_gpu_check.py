@@ -92,7 +92,7 @@ def test_the_probe_reports_the_fence_and_its_start(gpu_check: ModuleType, corpus
     got = gpu_check._probe_lines(job.out_dir)
     assert got["read"] == ("refused" if sandbox.abi() else "allowed")
     assert got["bad_fork"] == "False" and got["visible"] == "0"
-    assert "--fork-server" not in got["parent"]  # a cold job: started by this process
+    assert "--fork-server" not in got["started_as"]  # a cold job: started by this process
 
 
 def test_the_probe_tells_a_fork_servers_child(gpu_check: ModuleType, corpus: Path,
@@ -107,7 +107,7 @@ def test_the_probe_tells_a_fork_servers_child(gpu_check: ModuleType, corpus: Pat
                            device="cpu", out_dir=tmp_path / f"out-{i}") for i in range(2)]
         got = [runner.measure(j, slot=slot) for j in jobs]
     assert all(m.ok for m in got) and got[1].warm
-    assert "--fork-server" in gpu_check._probe_lines(jobs[1].out_dir)["parent"]
+    assert "--fork-server" in gpu_check._probe_lines(jobs[1].out_dir)["started_as"]
 
 
 def test_the_baseline_without_compile_changes_only_the_cuda_preset(

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from autoresearch import mfu, report
-from autoresearch.harness.export import GraphModel, export_model, snapshot
+from autoresearch.harness.export import export_model
+from autoresearch.harness.graph import GraphModel
 from autoresearch.metrics import Metrics
 from autoresearch.models import RunStatus
 
@@ -60,7 +61,7 @@ def test_forward_flops_of_the_exported_graph_the_evaluator_runs(tmp_path: Path) 
     """The evaluation process counts FLOPs on the aten graph (GraphModel), never on the
     agent's module: the count must be the same."""
     model = TinyLM()
-    export_model(model, tmp_path / "model.pt", B, T, "cpu", snapshot(model))
+    export_model(model, tmp_path / "model.pt", B, T, "cpu")
     graph = GraphModel(tmp_path / "model.pt", "cpu")
     x = torch.randint(0, V, (B, T))
     assert mfu.forward_flops(graph, x) == tiny_lm_flops()
