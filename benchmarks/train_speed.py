@@ -6,6 +6,12 @@ val_bpb, and how long evaluation took as a fraction of the budget.
 
     python benchmarks/train_speed.py --data ../shared/data/tinyshakespeare.txt
     python benchmarks/train_speed.py --data shakespeare --device cuda --time-budget 300
+    python benchmarks/train_speed.py --data FILE --seeds 3 --against ../old-checkout
+
+``--against DIR`` measures the same source through another checkout's runner (a git worktree
+of an earlier commit, say) too, alternating the two seed by seed, each measurement in a fresh
+process of its own checkout, and prints both throughputs and their ratio: the side-by-side
+figure for "the new harness trains as fast as the old" on a shared machine.
 
 Targets (issue 2): on a 2-core CPU at 60 s, val_bpb on tiny-shakespeare clearly below 3.0,
 with evaluation at most ~10% of the budget. "overhead" is everything but training: both
@@ -15,14 +21,65 @@ processes starting, the setup before the first batch, the export and the evaluat
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from autoresearch import data, runner
 from autoresearch.metrics import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
+# one measurement through the runner of the checkout on PYTHONPATH, its Metrics as JSON
+_ONE = """import sys
+from pathlib import Path
+from autoresearch import runner
+from autoresearch.metrics import Budget
+src, data, budget, seed, device, out = sys.argv[1:]
+job = runner.Job(source=Path(src), data=Path(data), budget=Budget.model_validate_json(budget),
+                 seed=int(seed), device=device, out_dir=Path(out))
+print("METRICS " + runner.measure(job).model_dump_json())"""
+
+
+def _measure_in(checkout: Path, source: Path, data_path: Path, budget: Budget, seed: int,
+                device: str, out: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    done = subprocess.run([sys.executable, "-c", _ONE, str(source), str(data_path),
+                           budget.model_dump_json(), str(seed), device, str(out)],
+                          cwd=checkout, env=env, capture_output=True, text=True, check=False)
+    for line in done.stdout.splitlines():
+        if line.startswith("METRICS "):
+            return dict(json.loads(line.removeprefix("METRICS ")))
+    raise SystemExit(f"train_speed: no metrics from {checkout}: {done.stderr[-2000:]}")
+
+
+def against(args: argparse.Namespace, budget: Budget, prepared: data.PreparedData) -> int:
+    """This checkout and ``args.against``, alternating seed by seed (which goes first
+    alternates too), each measurement in a fresh process of its own checkout."""
+    rates: dict[str, list[float]] = {"this": [], "other": []}
+    sides = {"this": ROOT, "other": args.against.resolve()}
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        for seed in range(args.seeds):
+            order = ["this", "other"] if seed % 2 == 0 else ["other", "this"]
+            for side in order:
+                m = _measure_in(sides[side], args.source.resolve(), prepared.path, budget, seed,
+                                args.device, Path(tmp) / f"{side}-{seed}")
+                if m["status"] != "ok":
+                    print(f"{side} seed {seed}: {m['status']}: {m['error']}")
+                    return 1
+                tokens, seconds = float(m["train_tokens"]), float(m["train_seconds"])
+                rates[side].append(tokens / seconds)
+                print(f"train_speed: {side} ({sides[side]}) seed {seed}: "
+                      f"{tokens / seconds:,.0f} tokens/s, {m['steps']:,} steps, "
+                      f"val_bpb {m['val_bpb']:.4f}, train {seconds:.1f} s", flush=True)
+    this, other = statistics.fmean(rates["this"]), statistics.fmean(rates["other"])
+    print(f"train_speed: {budget.describe()}, {args.seeds} seeds each, alternating: this "
+          f"{this:,.0f} tokens/s, other {other:,.0f} tokens/s, ratio {this / other:.3f}")
+    return 0
 
 
 def main() -> int:
@@ -35,6 +92,8 @@ def main() -> int:
     group.add_argument("--token-budget", type=int, default=None)
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1, one run each")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--against", type=Path, default=None,
+                    help="another checkout to measure beside this one, seed by seed")
     args = ap.parse_args()
 
     if args.token_budget is not None:
@@ -42,6 +101,8 @@ def main() -> int:
     else:
         budget = Budget(kind="time", amount=args.time_budget or 60.0)
     prepared = data.prepare(args.data)
+    if args.against is not None:
+        return against(args, budget, prepared)
     bpbs = []
     with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
         for seed in range(args.seeds):

@@ -9,7 +9,8 @@ exported model as the payload) or ``failed``. This side:
 - times setup from ``hello`` to the first batch, and refuses every batch past ``setup_cap``;
 - draws every batch itself from the train split with the job's seed (the same windows, in the
   same order, as any honest process would have drawn), counts its tokens, and refuses a batch
-  the token budget cannot cover or that is asked for after a time budget ran out;
+  the token budget cannot cover or that is asked for after a time budget ran out (past the
+  first half of the allowance, for the step under way);
 - starts a time budget's clock at the first batch served and stops it when the model has been
   handed back, whole: what the agent's code does in between (``eval()``, ``to()``, the export,
   threads, children) is on the clock. A hand-back later than ``allowance`` after the budget is
@@ -36,10 +37,12 @@ from autoresearch.harness.channel import ChannelClosed, read_exact, read_header,
 from autoresearch.metrics import Budget
 from autoresearch.models import RunStatus
 
-# A hand-back may arrive this long after a time budget ran out (fraction of the budget, plus
-# seconds): for the step under way when it ran out and the export of the model (about 0.3 s on
-# a CPU for the baseline). It is not free training: no batch is served after the budget, so
-# only batches drawn before it can still be used, for at most this long.
+# Everything after a time budget ran out must fit in this allowance (fraction of the budget,
+# plus seconds): the step under way when it ran out (its remaining micro-batches are still
+# served during the first half of the allowance, since a loop checks the time once per step,
+# and a batch asked for just as the time runs out would otherwise fail an honest run), then
+# the export and the hand-back (about 0.3 s on a CPU for the baseline). A hand-back later than
+# that is a timeout. It is not a training budget of its own: at most half of it gets batches.
 ALLOWANCE = (0.02, 1.0)
 START_TIMEOUT = 120.0  # seconds from the hand-off to ``hello``: start-up under load (cold)
 TOKEN_BUDGET_TIMEOUT = 600.0  # seconds a token-budget job may take after ``hello``, in all
@@ -186,7 +189,7 @@ class Broker:
                          f"left of the {self.budget.describe()} budget")
             return
         if self.budget.kind == "time" and self.t0 is not None \
-                and now - self.t0 >= self.budget.amount:
+                and now - self.t0 >= self.budget.amount + allowance(self.budget) / 2:
             self._refuse("budget", f"get_batch refused: the {self.budget.describe()} budget "
                          f"ran out {now - self.t0 - self.budget.amount:.1f} s ago")
             return
