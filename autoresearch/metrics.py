@@ -13,7 +13,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from autoresearch.models import RunStatus
 
-TIME_GRACE = (0.10, 2.0)  # a time budget may run over by 10% + 2 s before it is overtime
 SETUP_CAP = 60.0  # default seconds from importing train.py to the first batch
 
 
@@ -39,9 +38,9 @@ class Metrics(BaseModel):
     val_bpb: float | None = None
     val_loss: float | None = None
     eval_tokens: int = 0
-    train_tokens: int = 0
-    steps: int = 0
-    train_seconds: float = 0.0
+    train_tokens: int = 0  # the broker's count of tokens served (autoresearch/runner/broker.py)
+    steps: int = 0  # the broker's count of batches served
+    train_seconds: float = 0.0  # the broker's clock: first batch -> model handed back
     total_seconds: float = 0.0
     params: int = 0
     peak_memory_mb: float = 0.0
@@ -52,8 +51,8 @@ class Metrics(BaseModel):
     dataset_sha256: str = ""
     error: str | None = None
     causal_ok: bool | None = None  # the causality probe passed (None: not evaluated)
-    setup_seconds: float = 0.0  # from train() starting to its first batch
-    export_seconds: float = 0.0  # torch.export of the trained model, in the training process
+    setup_seconds: float = 0.0  # the broker's: the training process's hello -> first batch
+    export_seconds: float = 0.0  # torch.export, as the training process reports it (display)
     eval_seconds: float = 0.0  # the trusted evaluation process, start to end
     # where the wall time went besides (setup, train, export, eval)_seconds: the breakdown
     start_seconds: float = 0.0  # training process start and imports (overlapped when warm)
@@ -98,23 +97,6 @@ class Metrics(BaseModel):
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(self.model_dump_json(indent=2), encoding="utf-8")
         tmp.replace(path)
-
-
-class TrainReport(BaseModel):
-    """What the training process says about itself (scratch/report.json). Untrusted: it only
-    ever fills the bookkeeping fields of Metrics, or explains a failure; never a metric."""
-
-    status: RunStatus = RunStatus.crash
-    error: str | None = None
-    steps: int = 0
-    train_tokens: int = 0
-    train_seconds: float = 0.0
-    setup_seconds: float = 0.0
-    export_seconds: float = 0.0
-    peak_memory_mb: float = 0.0
-    speed_before: float | None = None
-    speed_after: float | None = None
-    ready_at: float = 0.0  # time.monotonic() when imports were done (start-up, display only)
 
 
 class EvalReport(BaseModel):
