@@ -67,6 +67,7 @@ class LLMAgent:
     # the SDK clients are thread-safe and every call is independent: the loop may have
     # several in flight (one per worker) within the cost cap
     concurrent = True
+    scripted = False
 
     def __init__(
         self,

@@ -107,6 +107,7 @@ class MockAgent:
     unless told to pipeline."""
 
     name = "mock"
+    concurrent = False
 
     def __init__(self, script: Path | None = None, start: int = 0, latency: float = 0.0) -> None:
         self.model = str(script) if script else "builtin"

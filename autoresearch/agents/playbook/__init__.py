@@ -45,6 +45,8 @@ def proposal_for(entry: Entry, files: dict[str, str], device: str = "cpu",
 class PlaybookAgent:
     name = "playbook"
     model = "playbook-v1"
+    concurrent = False
+    scripted = False  # it learns from the run's history, like a model would
 
     def __init__(self, catalogue: Sequence[Entry] = CATALOGUE) -> None:
         self.catalogue = list(catalogue)
