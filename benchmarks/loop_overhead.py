@@ -134,7 +134,7 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
     store = Store(settings.db_path)
     ws = Workspace(ws_dir)
     worker = Closing(LocalWorker("w0", ws.experiments_dir))  # adds up its jobs' seconds
-    lp = loop_mod.begin(settings, store, ws, MockAgent(script),
+    lp = loop_mod.start(settings, store, ws, MockAgent(script),
                         Quiet(None, Console(quiet=True)), size, workers=[worker])
     fill_history(store, lp.active.id, size)
     lp.execute()  # the baseline; the filled history already spends the budget

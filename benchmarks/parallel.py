@@ -36,10 +36,10 @@ from typing import Any
 
 from rich.console import Console
 
+from autoresearch import loop as loop_mod
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.jobs import Job, Worker, cpu_cores, local_workers
-from autoresearch.loop import begin
 from autoresearch.metrics import Metrics
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Experiment, Store
@@ -127,8 +127,8 @@ def run(label: str, tmp: Path, args: argparse.Namespace, workers: int, pipeline:
                            else list(local_workers(ws.experiments_dir, "cpu", workers, None)))
     pool = [Timed(w) for w in inner]
     reporter = Marks(Console(stderr=True, quiet=args.quiet))
-    loop = begin(settings, store, ws, MockAgent(script, latency=args.latency), reporter,
-                 args.experiments, workers=list(pool))
+    loop = loop_mod.start(settings, store, ws, MockAgent(script, latency=args.latency),
+                          reporter, args.experiments, workers=list(pool))
     loop.execute()
     end = time.monotonic()
     start = reporter.baseline_done or end

@@ -33,7 +33,7 @@ from autoresearch.cli import app
 from autoresearch.config import Settings
 from autoresearch.integrity import child_env
 from autoresearch.jobs import Job, cpu_cores, local_workers
-from autoresearch.loop import LoopStopped, begin
+from autoresearch.loop import LoopStopped, start
 from autoresearch.metrics import Metrics
 from autoresearch.models import Context, RunStatus
 from autoresearch.models import ExperimentStatus as ES
@@ -156,7 +156,7 @@ def test_a_winner_on_a_stale_champion_is_measured_again_on_the_new_one_before_it
     workers = [FakeWorker("w0", holds), FakeWorker("w1", holds)]
     s = settings(ws)
     store = Store(s.db_path)
-    loop = begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A1, B1])), events,
+    loop = start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A1, B1])), events,
                  2, workers=workers)
     run = loop.execute()
     exps = candidates(store)
@@ -190,7 +190,7 @@ def test_a_winner_that_does_not_port_onto_the_new_champion_ends_superseded(
     # A to 2 edits A's line too: the three-way apply conflicts; the agent is asked once to
     # port it, and its answer (the script's third entry) does not apply either
     agent = Recording(write_script(tmp_path, [A1, A2, MISSING]))
-    run = begin(s, store, Workspace(ws), agent, events, 2, workers=workers).execute()
+    run = start(s, store, Workspace(ws), agent, events, 2, workers=workers).execute()
     a, a2 = candidates(store)["A to 1"], candidates(store)["A to 2"]
     assert a.status == ES.kept and a2.status == ES.superseded
     assert f"could not be ported onto #{a.id}" in a2.reason
@@ -210,7 +210,7 @@ def test_a_duplicate_is_refused_before_training_and_the_agent_is_told(tmp_path: 
     # the same losing change twice (the second while the first is in flight or done), then
     # the agent's answer to being told so
     agent = Recording(write_script(tmp_path, [A5, A5, B1]))
-    begin(s, store, Workspace(ws), agent, Events(), 2, workers=workers).execute()
+    start(s, store, Workspace(ws), agent, Events(), 2, workers=workers).execute()
     exps = store.experiments(kind="candidate")
     assert len(exps) == 2
     # whichever claimed the code first was measured; the other was told it duplicates it,
@@ -231,7 +231,7 @@ def test_a_duplicate_that_is_not_repaired_is_rejected_with_the_id_it_duplicates(
     s = settings(ws)
     store = Store(s.db_path)
     worker = FakeWorker("w0")
-    begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5, A5])), Events(), 2,
+    start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5, A5])), Events(), 2,
           workers=[worker]).execute()
     first, second = store.experiments(kind="candidate")
     assert second.status == ES.rejected
@@ -253,7 +253,7 @@ def test_the_cost_cap_holds_with_agent_calls_in_flight_together(
         store = Store(s.db_path)
         agent = OpenAIAgent("fake-model", base_url=server.openai_url, max_retries=0,
                             prices={"fake-model": (1e6, 0.0)})  # $1 an input token
-        loop = begin(s, store, Workspace(ws), agent, Events(), 10,
+        loop = start(s, store, Workspace(ws), agent, Events(), 10,
                      workers=[FakeWorker("w0"), FakeWorker("w1")])
         with pytest.raises(LoopStopped, match="cost cap reached"):
             loop.execute()
@@ -401,7 +401,7 @@ def test_a_time_budget_baseline_on_shared_cores_keeps_every_worker_busy(tmp_path
     ws = workspace(tmp_path)
     s = settings(ws, token_budget=None, time_budget=1.0, seeds=3)
     store = Store(s.db_path)
-    run = begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5])), Events(), 1,
+    run = start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5])), Events(), 1,
                 workers=[FakeWorker("w0"), FakeWorker("w1")]).execute()
     baseline = store.experiments(kind="baseline")[0]
     ms = store.measurements(baseline.id)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoresearch import curves as curves_mod
-from autoresearch.loop.active import ActiveRun
+from autoresearch.loop.run import ActiveRun
 from autoresearch.models import Context, ExperimentStatus, Stats
 
 ES = ExperimentStatus

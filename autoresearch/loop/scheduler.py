@@ -12,9 +12,7 @@ only while the experiments recorded plus the asks still open stay within it.
 from __future__ import annotations
 
 import functools
-import json
 import queue
-import statistics
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -27,11 +25,13 @@ from autoresearch import runner
 from autoresearch.agents.base import Agent, AgentExhausted, AgentFatal
 from autoresearch.errors import AutoresearchError, one_line
 from autoresearch.jobs import Worker
-from autoresearch.loop.active import ActiveRun, LoopStopped, fingerprint
-from autoresearch.loop.experiment import Candidate, Proposer, trial
+from autoresearch.loop import record
+from autoresearch.loop.propose import Candidate, Proposer
+from autoresearch.loop.run import ActiveRun, LoopStopped, fingerprint
+from autoresearch.loop.trial import trial
 from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus, Proposal, RunState
-from autoresearch.store import Run, is_done
+from autoresearch.store import Run
 
 ES = ExperimentStatus
 
@@ -186,27 +186,19 @@ class ResearchLoop:
             if not isinstance(e, BaselineFailed):
                 self._halt("interrupted by the user" if isinstance(e, KeyboardInterrupt)
                            else one_line(str(e)))
-                self.proposer.interrupted(exp_id, e)
+                record.interrupted(a, exp_id, e)
             raise
         a.cleanup(exp_id, None)
         if failed is not None:
-            a.failed(exp_id, failed)
+            record.failed(a, exp_id, failed)
             raise BaselineFailed(
                 f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
                 f"{one_line(failed.error)}; "
                 f"see {a.ws.exp_dir(exp_id) / f'seed-{failed.seed}' / 'run.log'}"
             )
         values = {s: values[s] for s in a.seeds}
-        avg = statistics.fmean(values.values())
         noise = decide_mod.estimate_noise(values) if len(values) > 1 else None
-        a.store.transition(exp_id, ES.measured, val_bpb=avg, seconds=a.seconds(exp_id))
-        done_exp = a.store.transition(
-            exp_id, ES.kept, delta=0.0, champion_bpb=avg,
-            reason=f"baseline: {avg:.4f} ± {noise or 0:.4f} over {len(values)} seeds",
-            decision=json.dumps({"values": values, "noise_std": noise}),
-        )
-        a.update(champion_experiment_id=exp_id, noise_std=noise)
-        a.reporter.finished(done_exp, avg)
+        record.baseline_kept(a, exp_id, values, noise)
 
     # -- the experiments ------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -218,13 +210,13 @@ class ResearchLoop:
         exhausted = False
         stop: BaseException | None = None
         planned = a.run.experiments_planned
-        pipelined = s.pipeline if s.pipeline is not None else not getattr(
-            self.agent, "scripted", False)
+        pipelined = s.pipeline if s.pipeline is not None else not self.agent.scripted
         while True:
             free = [lane for lane in self.lanes if lane.current is None]
             while ready and free:
                 cand = ready.popleft()
-                free.pop(0).give(functools.partial(_trial, a, self.proposer, cand), cand.exp_id)
+                free.pop(0).give(functools.partial(trial, a, self.proposer, cand=cand),
+                                 cand.exp_id)
                 running += 1
             waiting = asks + len(ready)
             # pipelined: one proposal ready (or being asked for) per worker, busy or not;
@@ -251,7 +243,7 @@ class ResearchLoop:
                     raise done.error
                 elif done.result is not None:
                     if stop is not None:
-                        self.proposer.interrupted(done.result.exp_id, stop)
+                        record.interrupted(a, done.result.exp_id, stop)
                     else:
                         ready.append(done.result)
             else:
@@ -264,7 +256,7 @@ class ResearchLoop:
                     raise done.error
             if stop is not None:
                 while ready:  # proposals not started: measured again on resume
-                    self.proposer.interrupted(ready.popleft().exp_id, stop)
+                    record.interrupted(a, ready.popleft().exp_id, stop)
         if stop is not None:
             raise stop
 
@@ -301,17 +293,10 @@ class ResearchLoop:
                 break
             if done.lane is not None:
                 done.lane.current = None
-        for exp in a.store.experiments(run_id=a.id):
-            if not is_done(exp) and exp.id is not None:
-                a.store.transition(exp.id, ES.interrupted, reason=one_line(why))
-                a.cleanup(exp.id, exp.branch)
+        record.all_interrupted(a, why)
 
 
 def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: str = "candidate",
                   worker: Worker | None = None) -> tuple[dict[int, float], Metrics | None, str]:
     assert worker is not None
-    return (*a.measure(worker, exp_id, wt, [seed], role=role), role)
-
-
-def _trial(a: ActiveRun, proposer: Proposer, cand: Candidate, worker: Worker) -> Any:
-    return trial(a, proposer, worker, cand)
+    return (*a.run_seeds(worker, exp_id, wt, [seed], role=role), role)

@@ -1,15 +1,15 @@
-"""The run being worked on, and everything a step of the loop needs to reach from it.
+"""The run being worked on: its row, its champion (read and moved under one lock), and the
+one way a step runs code on a worker (``run_seeds``: one job per seed, each measurement
+stored with its machine speed).
 
-``ActiveRun`` exists only once a run does (``start``, ``resume``, ``reopen``): nothing that
-uses it has to ask whether there is a run. Its ``measure`` is the one way a step measures
-code: a job handed to a worker, its speed bookkeeping and its record in the store.
+``ActiveRun`` exists only once a run does (``open_run``, ``reopen``): nothing that uses it has
+to ask whether there is a run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import statistics
 import threading
 from dataclasses import dataclass, field
@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autoresearch import runner
-from autoresearch import speed as speed_mod
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
-from autoresearch.errors import AutoresearchError, UsageError, one_line
+from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.jobs import Job, Worker
+from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import ExperimentStatus, Proposal, RunState, RunStatus
-from autoresearch.store import Experiment, Run, Store, is_done
+from autoresearch.models import ExperimentStatus, RunStatus
+from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
 
 ES = ExperimentStatus
@@ -83,7 +83,7 @@ class ActiveRun:
     champion_lock: threading.RLock = field(default_factory=threading.RLock)
     _jobs: list[_Running] = field(default_factory=list)
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
-    _drifting: bool = False
+    _drift: DriftWatch = field(default_factory=DriftWatch)
 
     # -- the run ----------------------------------------------------------------------------
     @property
@@ -119,11 +119,6 @@ class ActiveRun:
     def seconds(self, exp_id: int) -> float:
         return sum(m.total_seconds for m in self.store.measurements(exp_id))
 
-    def failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
-        """Record a failed training job as the experiment's final status."""
-        return self.store.transition(exp_id, JOB_STATUS[m.status], reason=one_line(m.error),
-                                     **fields)
-
     def cleanup(self, exp_id: int, branch: str | None) -> None:
         """Remove a finished experiment's worktrees and branch, unless the user keeps them."""
         if not self.settings.keep_worktrees:
@@ -137,9 +132,10 @@ class ActiveRun:
         (d / name).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
 
     # -- measuring --------------------------------------------------------------------------
-    def measure(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
-                role: str = "candidate") -> tuple[dict[int, float], Metrics | None]:
-        """Measure ``seeds`` in order on ``worker``; stop at the first failure (the 2nd item).
+    def run_seeds(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
+                  role: str = "candidate") -> tuple[dict[int, float], Metrics | None]:
+        """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored; stop at the
+        first failure (the 2nd item).
         ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         values: dict[int, float] = {}
         folder = "seed" if role == "candidate" else f"{role}-seed"
@@ -151,7 +147,8 @@ class ActiveRun:
             m = self._run_job(worker, job)
             if self.stopping is not None:
                 raise Stopping(self.stopping)
-            self.store.add_measurement(exp_id, m, role=role, **self._speed(exp_id, seed, m))
+            self.store.add_measurement(exp_id, m, role=role,
+                                       **self._drift.observe(self, exp_id, seed, m))
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None
@@ -172,45 +169,9 @@ class ActiveRun:
                 self._jobs.remove(me)
         return m.model_copy(update={"worker": m.worker or worker.name, "concurrency": me.peak})
 
-    def _speed(self, exp_id: int, seed: int, m: Metrics) -> dict[str, Any]:
-        """The measurement's machine speed, relative to the champion's; a drift is recorded
-        and, when it starts or ends under a time budget, said in one line."""
-        speed = speed_mod.combined(m.speed_before, m.speed_after)
-        ref = self._reference_speeds()
-        ratio = speed_mod.ratio(speed, ref)
-        tol = speed_mod.tolerance(ref)
-        why = None
-        if speed_mod.drifted(ratio, ref):
-            assert ratio is not None
-            why = (f"the machine ran at {speed_mod.describe(ratio)} of the champion's "
-                   f"measurements (tolerance ±{math.expm1(tol):.0%})")
-        elif m.speed_before and m.speed_after and speed_mod.drifted(
-                m.speed_after / m.speed_before, ref or [m.speed_before]):
-            why = (f"the machine's speed changed during training ({m.speed_before:.3g} -> "
-                   f"{m.speed_after:.3g} GFLOP/s)")
-        if self.budget.kind == "time" and (why is not None) != self._drifting:
-            self._drifting = why is not None
-            where = f"experiment {exp_id} seed {seed}"
-            self.reporter.notice(
-                f"machine speed drift at {where}: {why}; under a wall-clock budget its "
-                "val_bpb is not comparable with earlier measurements, so a promising "
-                "candidate is confirmed against the champion re-measured alongside it"
-                if why else f"machine speed back within ±{math.expm1(tol):.0%} of the "
-                f"champion's at {where}")
-        return {"speed": speed, "speed_ratio": ratio, "drift": why}
-
-    def _reference_speeds(self) -> list[float]:
-        """The champion's own measurements' speeds (none while the baseline is measured)."""
-        if self.run.champion_experiment_id is None:
-            return []
-        return [m.speed for m in self.store.measurements(self.run.champion_experiment_id,
-                                                         role="candidate")
-                if m.status == "ok" and m.speed is not None]
-
-
 # -- making one ---------------------------------------------------------------------------------
-def start(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, *,
-          agent: str, model: str, experiments: int, workers: list[Worker]) -> ActiveRun:
+def open_run(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, *,
+             agent: str, model: str, experiments: int, workers: list[Worker]) -> ActiveRun:
     """A new run: the baseline committed, the run recorded, its branch made."""
     s = settings
     device = runner.resolve_device(s.device)
@@ -255,38 +216,6 @@ def reopen(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
             "different corpora are never compared"
         )
     return ActiveRun(settings, store, ws, reporter, run, data, run.id)
-
-
-def resume(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run,
-           experiments: int | None) -> tuple[ActiveRun, list[tuple[int, Proposal]]]:
-    """Close what a killed loop left in flight, then go on with the same run. Returns the run
-    and the interrupted proposals to measure again (each once: its slot in the budget was
-    freed when it was closed as interrupted)."""
-    if run.id is None:
-        raise UsageError("a run that was never recorded cannot be resumed")
-    runner.kill_stale(ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
-    fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}
-    if experiments is not None:
-        fields["experiments_planned"] = experiments
-    active = reopen(settings, store, ws, reporter, store.update_run(run.id, **fields))
-    redo: list[tuple[int, Proposal]] = []
-    for exp in store.experiments(run_id=active.id):
-        if is_done(exp):
-            continue
-        assert exp.id is not None
-        runner.kill_stale(ws.exp_dir(exp.id))
-        store.transition(exp.id, ES.interrupted,
-                         reason=f"the loop stopped while it was {exp.status.value}")
-        active.cleanup(exp.id, exp.branch)
-        again = exp.kind == "candidate" and exp.commit is not None and bool(exp.proposal)
-        if again:
-            redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
-        reporter.notice(f"experiment {exp.id} was in flight: closed as interrupted"
-                        + ("; its proposal will be measured again" if again else ""))
-    run = active.run
-    reporter.notice(f"resuming run {active.id}: {store.count_candidates(active.id)} of "
-                    f"{run.experiments_planned} experiments done")
-    return active, redo
 
 
 def mean(values: dict[int, float]) -> float:
