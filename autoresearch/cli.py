@@ -238,6 +238,7 @@ def loop(
             else:
                 ag = make_agent(s.agent, settings=s, notice=reporter.notice,
                                 prompts_dir=ws.root / "prompts")
+                loop_mod.check_cost_cap(s, ag)
                 lp = loop_mod.start(s, store, ws, ag, reporter,
                                     budget if budget is not None else 20)
             try:

@@ -28,8 +28,8 @@ from rich.console import Console
 from autoresearch import curves as curves_mod
 from autoresearch import loop as loop_mod
 from autoresearch.agents.mock import MockAgent
+from autoresearch.backends import LocalWorker
 from autoresearch.config import Settings
-from autoresearch.jobs import LocalWorker
 from autoresearch.loop import ActiveRun
 from autoresearch.loop import context as context_mod
 from autoresearch.models import Context, ExperimentStatus, HistoryItem, Stats

@@ -1,6 +1,6 @@
 """Parallel research: workers, pipelined proposals, a moving champion, duplicates, resume.
 
-The scheduling tests give the loop fake workers (autoresearch.jobs.Worker) whose val_bpb is a
+The scheduling tests give the loop fake workers (autoresearch.backends.Worker) whose val_bpb is a
 function of the code they are handed, and which can be held until another experiment is
 decided: the order of events is then exact, and each test takes a second. The end-to-end
 tests run the real CLI with two real local workers (real training processes, one thread each
@@ -29,10 +29,10 @@ from typer.testing import CliRunner
 
 from autoresearch.agents.llm import OpenAIAgent
 from autoresearch.agents.mock import MockAgent
+from autoresearch.backends import Job, cpu_cores, local_workers
 from autoresearch.cli import app
 from autoresearch.config import Settings
 from autoresearch.integrity import child_env
-from autoresearch.jobs import Job, cpu_cores, local_workers
 from autoresearch.loop import LoopStopped, start
 from autoresearch.metrics import Metrics
 from autoresearch.models import Context, RunStatus
@@ -86,6 +86,11 @@ class FakeWorker:
                     device=job.device, train_seconds=0.01, total_seconds=0.02)
         m.write(job.out_dir / "metrics.json")
         return m
+
+    shares_host_cores = True  # it stands for a local worker on the CPU cores
+
+    def cancel(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -18,12 +18,12 @@ import pytest
 from conftest import SOURCES, generated_text
 
 from autoresearch import runner
+from autoresearch.backends import Job
+from autoresearch.backends.ray import RAY_SLACK, RayWorker, hard_deadline, ray_workers
 from autoresearch.data import PreparedData
 from autoresearch.errors import UsageError
-from autoresearch.jobs import Job
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import RunStatus
-from autoresearch.ray_backend import RAY_SLACK, RayWorker, hard_deadline, ray_workers
 from benchmarks.ray_overhead import free_port, local_head
 
 TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source
@@ -301,3 +301,55 @@ def test_a_real_loop_of_three_experiments_runs_on_the_cluster(head: Head, tmp_pa
     # measured on the node exactly as here: in the same OS sandbox
     assert {Metrics.model_validate_json(x.metrics).sandbox for x in ms} == {
         runner.sandbox_state(True)}
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_ray_job_in_flight_and_records_it_interrupted(
+        head: Head, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from autoresearch.models import ExperimentStatus as ES
+    from autoresearch.store import Store
+    from autoresearch.workspace import init_workspace
+
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    source = (Path(__file__).parent / "loop_source" / "train.py").read_text(encoding="utf-8")
+    (ws / "baseline" / "train.py").write_text(source, encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(generated_text(60_000), encoding="utf-8")
+    script = tmp_path / "script.json"  # a candidate that trains until it is stopped
+    script.write_text(json.dumps([{"title": "hang", "rationale": "", "edits": [
+        {"path": "train.py", "content": SLEEPER}]}]), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "loop", "--agent", "mock",
+         "--script", str(script), "--budget", "1", "--token-budget", "4096", "--seeds", "1",
+         "--device", "cpu", "--dataset", str(tmp_path / "corpus.txt"), "--backend", "ray",
+         "--ray-address", head.address], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    db = ws / "results.db"
+
+    def hanging_on_the_node() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
+        running = db.exists() and any(e.kind == "candidate" and e.status == ES.running
+                                      for e in Store(db).experiments())
+        return running and any((head.cache / "ray" / "jobs").glob(f"*/out/{runner.PID_FILE}"))
+
+    try:
+        _wait_for("the candidate's job to train on the node", hanging_on_the_node, 240)
+        proc.send_signal(signal.SIGINT)
+        # the job is cancelled at once, not waited for (its hard deadline is minutes away)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    store = Store(db)
+    assert store.runs()[0].state.value == "stopped"
+    (cand,) = store.experiments(kind="candidate")
+    assert cand.status == ES.interrupted and cand.reason == "interrupted by the user"
+    # nothing of the job outlived the loop on the node
+    _wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
+    _wait_for("the job's folder to go", lambda: not any((head.cache / "ray" / "jobs").iterdir()))

@@ -20,16 +20,15 @@ moment resumes with nothing lost or doubled.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from autoresearch import runner
 from autoresearch.agents import make_agent
 from autoresearch.agents.base import Agent
 from autoresearch.agents.pricing import price_of
+from autoresearch.backends import Worker, cpu_cores, make_workers
 from autoresearch.config import Settings
 from autoresearch.errors import UsageError
-from autoresearch.jobs import Worker, cpu_cores, local_workers
 from autoresearch.loop import record
 from autoresearch.loop.context import HISTORY_RECENT, log_tail
 from autoresearch.loop.replay import replay
@@ -41,8 +40,8 @@ from autoresearch.workspace import Workspace
 
 __all__ = [
     "HISTORY_RECENT", "ActiveRun", "BaselineFailed", "LoopStopped", "Reporter", "ResearchLoop",
-    "cpu_cores", "log_tail", "make_workers", "reopen", "replay", "replay_once", "resume",
-    "start",
+    "check_cost_cap", "cpu_cores", "log_tail", "make_workers", "reopen", "replay",
+    "replay_once", "resume", "start",
 ]
 
 # what a resumed run may change from the settings it started with: where things are, prices,
@@ -53,8 +52,8 @@ RESUMABLE = ("max_cost", "repairs", "keep_worktrees", "sandbox", "pipeline", "ra
 
 def start(settings: Settings, store: Store, ws: Workspace, agent: Agent, reporter: Reporter,
           experiments: int, workers: list[Worker] | None = None) -> ResearchLoop:
-    """A new run, ready to ``execute``: on ``workers`` (default: what the settings ask for)."""
-    check_cost_cap(settings, agent)
+    """A new run, ready to ``execute``: on ``workers`` (default: what the settings ask for).
+    An agent made from the settings is checked with ``check_cost_cap`` first."""
     device = runner.resolve_device(settings.device)
     pool = workers if workers is not None else make_workers(settings, device,
                                                             ws.experiments_dir)
@@ -124,20 +123,9 @@ def replay_once(settings: Settings, store: Store, ws: Workspace, reporter: Repor
         worker.close()
 
 
-def make_workers(settings: Settings, device: str, folder: Path) -> list[Worker]:
-    """The workers ``--workers``, ``--gpu`` and ``--backend`` ask for."""
-    if settings.backend == "ray":
-        from autoresearch.ray_backend import ray_workers
-
-        n = settings.workers or 1
-        threads = None if device.startswith("cuda") or n == 1 else max(1, cpu_cores() // n)
-        return list(ray_workers(settings.ray_address, n, device=device, threads=threads,
-                                folder=folder))
-    return list(local_workers(folder, device, settings.workers, settings.gpu))
-
-
 def check_cost_cap(s: Settings, agent: Agent) -> None:
-    """A cost cap needs the model's price: refuse before anything runs."""
+    """A cost cap needs the model's price in the settings' table: refuse before anything
+    runs."""
     if s.max_cost is not None and agent.name in ("anthropic", "openai") and (
             price_of(agent.model, s.prices) is None):
         raise UsageError(f"--max-cost needs a price for model {agent.model!r}; add it under "
@@ -151,7 +139,8 @@ def _warn_shared_cores(s: Settings, device: str, workers: list[Worker], reporter
     becomes val_bpb. The keep rule still compares like with like (the champion re-measured
     alongside, on the same worker, while the others are as busy), but say so."""
     n = len(workers)
-    if n > 1 and device == "cpu" and s.token_budget is None and s.backend == "local":
+    if (n > 1 and device == "cpu" and s.token_budget is None
+            and all(w.shares_host_cores for w in workers)):
         reporter.notice(
             f"note: {n} workers share this machine's CPU cores under a wall-clock "
             "budget: each job trains fewer steps than it would alone, and its val_bpb depends "

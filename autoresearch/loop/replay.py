@@ -7,8 +7,8 @@ from typing import Any
 
 from autoresearch import decide as decide_mod
 from autoresearch import guard
+from autoresearch.backends import Worker
 from autoresearch.errors import UsageError, one_line
-from autoresearch.jobs import Worker
 from autoresearch.loop import record
 from autoresearch.loop.drift import machine_note
 from autoresearch.loop.run import ActiveRun

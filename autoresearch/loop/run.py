@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autoresearch import runner
+from autoresearch.backends import Job, Worker
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.jobs import Job, Worker
 from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import ExperimentStatus, RunStatus
@@ -140,6 +140,8 @@ class ActiveRun:
         values: dict[int, float] = {}
         folder = "seed" if role == "candidate" else f"{role}-seed"
         for seed in seeds:
+            if self.stopping is not None:  # not one job more once the loop is stopping
+                raise Stopping(self.stopping)
             job = Job(source=wt, data=self.data.path, budget=self.budget, seed=seed,
                       device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",
                       setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import decide as decide_mod
-from autoresearch import runner
 from autoresearch.agents.base import Agent, AgentExhausted, AgentFatal
+from autoresearch.backends import Worker
 from autoresearch.errors import AutoresearchError, one_line
-from autoresearch.jobs import Worker
 from autoresearch.loop import record
 from autoresearch.loop.propose import Candidate, Proposer
 from autoresearch.loop.run import ActiveRun, LoopStopped, fingerprint
@@ -144,7 +143,7 @@ class ResearchLoop:
         # job (the baseline on a spare seed, stored as role "filler", never a value) while
         # the last seeds finish
         fill = (a.budget.kind == "time" and len(self.lanes) > 1 and a.run.device == "cpu"
-                and a.settings.backend == "local")
+                and all(lane.worker.shares_host_cores for lane in self.lanes))
         busy = seeds_running = 0
         failed: Metrics | None = None
         values: dict[int, float] = {}
@@ -284,8 +283,7 @@ class ResearchLoop:
         a.stopping = why
         busy = [lane for lane in self.lanes if lane.current is not None]
         for lane in busy:
-            assert lane.current is not None
-            runner.kill_stale(a.ws.exp_dir(lane.current))
+            lane.worker.cancel()
         for _ in busy:  # each returns as soon as its job's processes are gone
             try:
                 done = self.events.get(timeout=60)

@@ -24,9 +24,9 @@ from typing import Any
 
 from autoresearch import decide as decide_mod
 from autoresearch.agents.base import AgentFatal
+from autoresearch.backends import Worker
 from autoresearch.decide import Decision
 from autoresearch.errors import one_line
-from autoresearch.jobs import Worker
 from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
 from autoresearch.loop.propose import Candidate, Proposer, Rejected
