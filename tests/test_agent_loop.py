@@ -21,30 +21,25 @@ Agent timeout, retries and backoff are set through the environment
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bigram_corpus as corpus
+from conftest import LOOP_SOURCE, loop_workspace
+from conftest import invoke as cli
+from conftest import invoke_json as cli_json
 from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Request
-from typer.testing import CliRunner
 
 from autoresearch import edits
 from autoresearch.agents.llm import KEY_VARS
 from autoresearch.agents.pricing import PRICES
-from autoresearch.cli import app
 from autoresearch.store import AgentCall, Store
-from autoresearch.workspace import init_workspace
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
-LOOP_SOURCE = HERE / "loop_source" / "train.py"
 BASELINE = LOOP_SOURCE.read_text(encoding="utf-8")
 TOKENS = "4096"  # the smallest useful budget: the cost of a measurement is process start-up
 PROVIDERS = ["anthropic", "openai"]
@@ -103,15 +98,12 @@ CAP = {p: round(1.25 * c, 6) for p, c in EXP4_COST.items()}
 
 
 def invoke(ws: Path, *args: str) -> tuple[int, str]:
-    """Exit code and stdout+stderr of one CLI call."""
-    result = CliRunner().invoke(app, ["--workspace", str(ws), *args])
-    return result.exit_code, result.output
+    """Exit code and stdout+stderr of one CLI call in workspace ``ws``."""
+    return cli("--workspace", str(ws), *args)
 
 
 def invoke_json(ws: Path, *args: str) -> Any:
-    result = CliRunner().invoke(app, ["--workspace", str(ws), *args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return cli_json("--workspace", str(ws), *args)
 
 
 def base_url(provider: str, server: FakeLLMServer) -> str:
@@ -125,11 +117,7 @@ def sent_key(request: Request) -> str:
 
 
 def make_workspace(root: Path) -> Path:
-    ws = root / "ws"
-    init_workspace(ws)
-    shutil.copy(LOOP_SOURCE, ws / "baseline" / "train.py")
-    corpus(root / "corpus.txt")
-    return ws
+    return loop_workspace(root)
 
 
 def loop_args(ws: Path, provider: str, server: FakeLLMServer, model: str, *extra: str) -> list[str]:

@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bigram_corpus
+from conftest import LOOP_SOURCE, invoke, loop_workspace, wait_for
 from fake_llm_server import FakeLLMServer
 from rich.console import Console
 from typer.testing import CliRunner
@@ -39,13 +37,12 @@ from autoresearch.models import Context, RunStatus
 from autoresearch.models import ExperimentStatus as ES
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Experiment, Store
-from autoresearch.workspace import Workspace, init_workspace
+from autoresearch.workspace import Workspace
 
-HERE = Path(__file__).parent
-LOOP_SOURCE = (HERE / "loop_source" / "train.py").read_text(encoding="utf-8")
 # two knobs the fake workers read: each setting below is worth this much val_bpb
 # (far apart: git's three-way merge takes changes to adjacent lines as a conflict)
-SOURCE = LOOP_SOURCE.replace("BATCH_SIZE = 8\n", "BATCH_SIZE = 8\nKNOB_A = 0\n") + "\nKNOB_B = 0\n"
+BASELINE = LOOP_SOURCE.read_text(encoding="utf-8")
+SOURCE = BASELINE.replace("BATCH_SIZE = 8\n", "BATCH_SIZE = 8\nKNOB_A = 0\n") + "\nKNOB_B = 0\n"
 WORTH = {"KNOB_A = 1": -0.5, "KNOB_A = 2": -0.4, "KNOB_A = 5": +0.5, "KNOB_B = 1": -0.3}
 
 
@@ -123,11 +120,7 @@ class Recording(MockAgent):
 
 
 def workspace(tmp: Path) -> Path:
-    ws = tmp / "ws"
-    init_workspace(ws)
-    (ws / "baseline" / "train.py").write_text(SOURCE, encoding="utf-8")
-    bigram_corpus(tmp / "corpus.txt")
-    return ws
+    return loop_workspace(tmp, SOURCE)
 
 
 def settings(ws: Path, **extra: Any) -> Settings:
@@ -272,11 +265,6 @@ def test_the_cost_cap_holds_with_agent_calls_in_flight_together(
 
 
 # -- the real CLI with two local workers --------------------------------------------------------
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
 def loop_args(ws: Path, *extra: str) -> list[str]:
     return ["--workspace", str(ws), "loop", "--agent", "mock", "--token-budget", "4096",
             "--seeds", "2", "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
@@ -285,16 +273,13 @@ def loop_args(ws: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_workers_finish_the_budget_exactly_and_run_no_slot_twice(tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    init_workspace(ws)
-    shutil.copy(HERE / "loop_source" / "train.py", ws / "baseline" / "train.py")
-    bigram_corpus(tmp_path / "corpus.txt")
+    ws = loop_workspace(tmp_path)
     knobs = [("LEARNING_RATE = 1e-5", "LEARNING_RATE = 3e-2"),
              ("BATCH_SIZE = 8", "BATCH_SIZE = 16"), ("SEQ_LEN = 32", "SEQ_LEN = 16"),
              ("LEARNING_RATE = 1e-5", "LEARNING_RATE = 1e-2")]
     entries = [change(f"{new}", old, new) for old, new in knobs]
     script = write_script(tmp_path, entries)
-    code, out = cli(*loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script)))
+    code, out = invoke(*loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script)))
     assert code == 0, out
     assert "2 workers (w0, w1)" in out
     store = Store(ws / "results.db")
@@ -308,23 +293,20 @@ def test_two_workers_finish_the_budget_exactly_and_run_no_slot_twice(tmp_path: P
     # no measurement was made twice: one per (experiment, role, seed)
     keys = [(m.experiment_id, m.role, m.seed) for m in ms]
     assert len(keys) == len(set(keys))
-    code, out = cli("--workspace", str(ws), "runs")
+    code, out = invoke("--workspace", str(ws), "runs")
     assert code == 0 and "w0, w1" in out
     measured = next(e for e in exps if store.measurements(e.id))  # type: ignore[arg-type]
-    code, out = cli("--workspace", str(ws), "show", str(measured.id))
+    code, out = invoke("--workspace", str(ws), "show", str(measured.id))
     assert code == 0 and " on w" in out and "1 thread" in out
 
 
 @pytest.mark.slow
 def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_nothing(
         tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    init_workspace(ws)
-    shutil.copy(HERE / "loop_source" / "train.py", ws / "baseline" / "train.py")
-    bigram_corpus(tmp_path / "corpus.txt")
+    ws = loop_workspace(tmp_path)
     # whole-file proposals: each applies to whatever the champion is by then
     entries = [{"title": f"lr {i}e-4", "rationale": "", "edits": [{"path": "train.py",
-                "content": LOOP_SOURCE.replace("LEARNING_RATE = 1e-5", f"LEARNING_RATE = {i}e-4")}]}
+                "content": BASELINE.replace("LEARNING_RATE = 1e-5", f"LEARNING_RATE = {i}e-4")}]}
                for i in range(1, 9)]
     script = write_script(tmp_path, entries)
     args = loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script))
@@ -346,14 +328,11 @@ def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_no
         finally:
             store.close()
 
-    deadline = time.monotonic() + 240
-    while not two_training():
-        assert time.monotonic() < deadline, "two experiments never trained at once"
-        time.sleep(0.05)
+    wait_for("two experiments to train at once", two_training, 240)
     os.killpg(proc.pid, signal.SIGKILL)  # the loop and everything in its session
     proc.wait()
 
-    code, out = cli(*loop_args(ws, "--resume", "--token-budget", "60000"))
+    code, out = invoke(*loop_args(ws, "--resume", "--token-budget", "60000"))
     assert code == 0, out
     store = Store(db)
     exps = store.experiments(kind="candidate")
@@ -382,7 +361,7 @@ def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_no
 def test_bad_worker_settings_are_one_line_exit_2_and_record_nothing(
         tmp_path: Path, extra: list[str], message: str) -> None:
     ws = workspace(tmp_path)
-    code, out = cli(*loop_args(ws, "--budget", "1", *extra))
+    code, out = invoke(*loop_args(ws, "--budget", "1", *extra))
     assert code == 2, out
     assert message in out and "Traceback" not in out
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
