@@ -34,7 +34,7 @@ from autoresearch.loop.context import HISTORY_RECENT, log_tail
 from autoresearch.loop.replay import replay
 from autoresearch.loop.run import ActiveRun, LoopStopped, Reporter, open_run, reopen
 from autoresearch.loop.scheduler import BaselineFailed, ResearchLoop
-from autoresearch.models import Proposal, RunState
+from autoresearch.models import ExperimentKind, Proposal, RunState
 from autoresearch.store import Experiment, Store, is_done
 from autoresearch.workspace import Workspace
 
@@ -99,7 +99,8 @@ def resume(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
         assert exp.id is not None
         runner.kill_stale(ws.exp_dir(exp.id))
         record.interrupted(active, exp.id, f"the loop stopped while it was {exp.status.value}")
-        again = exp.kind == "candidate" and exp.commit is not None and bool(exp.proposal)
+        again = (exp.kind == ExperimentKind.candidate and exp.commit is not None
+                 and bool(exp.proposal))
         if again:
             redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
         reporter.notice(f"experiment {exp.id} was in flight: closed as interrupted"

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from autoresearch import speed as speed_mod
 from autoresearch.decide import Reproduction
 from autoresearch.metrics import Metrics
-from autoresearch.models import RunStatus
+from autoresearch.models import MeasurementRole, RunStatus
 from autoresearch.store import Store
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def reference_speeds(a: ActiveRun) -> list[float]:
     if a.run.champion_experiment_id is None:
         return []
     return [m.speed for m in a.store.measurements(a.run.champion_experiment_id,
-                                                  role="candidate")
+                                                  role=MeasurementRole.candidate)
             if m.status == RunStatus.ok and m.speed is not None]
 
 
@@ -67,7 +67,7 @@ def machine_note(store: Store, check: Reproduction, original: int, replay: int
                  ) -> Reproduction:
     """A replay that differs under a wall-clock budget: was it the machine?"""
     def speeds(exp_id: int) -> list[float]:
-        return [m.speed for m in store.measurements(exp_id, role="candidate")
+        return [m.speed for m in store.measurements(exp_id, role=MeasurementRole.candidate)
                 if m.speed is not None]
 
     before, now = speeds(original), speeds(replay)

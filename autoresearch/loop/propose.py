@@ -19,7 +19,7 @@ from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
 from autoresearch.loop.run import ActiveRun, LoopStopped, Stopping, fingerprint
-from autoresearch.models import CallRecord, Context, ExperimentStatus, Proposal
+from autoresearch.models import CallRecord, Context, ExperimentKind, ExperimentStatus, Proposal
 from autoresearch.store import Experiment
 
 ES = ExperimentStatus
@@ -167,8 +167,8 @@ class Proposer:
         with self._rows:
             seq = self.active.store.count_candidates(self.active.id) + 1
             return self.active.store.add_experiment(
-                run_id=self.active.id, kind="candidate", seq=seq, parent_commit=parent_commit,
-                parent_id=parent_id, title=title)
+                run_id=self.active.id, kind=ExperimentKind.candidate, seq=seq,
+                parent_commit=parent_commit, parent_id=parent_id, title=title)
 
     def usable(self, exp_id: int, context: Context, base: dict[str, str], answer: Answer,
                repairs: int | None = None) -> tuple[Proposal, dict[str, str]]:

@@ -10,7 +10,6 @@ its evidence, removes the experiment's worktrees and tells the reporter.
 
 from __future__ import annotations
 
-import json
 import statistics
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,15 @@ from autoresearch.decide import Reproduction
 from autoresearch.errors import one_line
 from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus, RunStatus
-from autoresearch.store import Experiment, is_done
+from autoresearch.store import (
+    BaselineNoise,
+    Experiment,
+    Judged,
+    Replayed,
+    StaleWin,
+    Superseded,
+    is_done,
+)
 
 if TYPE_CHECKING:
     from autoresearch.loop.propose import Candidate
@@ -39,7 +46,7 @@ JOB_STATUS = {
 }
 
 
-def judged(a: ActiveRun, cand: Candidate, outcome: Outcome, stale: list[dict[str, Any]]
+def judged(a: ActiveRun, cand: Candidate, outcome: Outcome, stale: list[StaleWin]
            ) -> Experiment:
     """Kept (the champion advances; the caller holds the champion lock and has checked the
     champion is still the one it was measured against), discarded, or failed."""
@@ -54,15 +61,16 @@ def judged(a: ActiveRun, cand: Candidate, outcome: Outcome, stale: list[dict[str
         values, champion = outcome.values, outcome.champion
         paired = [s for s in a.seeds if s in values and s in champion]
         champ_mean = statistics.fmean(champion[s] for s in paired) if paired else None
-        evidence = verdict.model_dump()
         reason = verdict.reason
         if stale:
-            evidence["stale"] = stale
+            first = f"{stale[0].delta:+.4f}" if stale[0].delta is not None else "-"
             reason += (f" (measured on the new champion #{cand.parent_id} after winning on "
-                       f"#{stale[0]['champion']}, Δ {stale[0]['delta']:+.4f})")
-        fields = dict(val_bpb=statistics.fmean(values.values()) if values else None,
-                      champion_bpb=champ_mean, delta=verdict.delta, reason=reason,
-                      decision=json.dumps(evidence), seconds=a.seconds(exp_id))
+                       f"#{stale[0].champion}, Δ {first})")
+        record = Judged(**verdict.model_dump(), stale=stale)
+        fields: dict[str, Any] = dict(
+            val_bpb=statistics.fmean(values.values()) if values else None,
+            champion_bpb=champ_mean, delta=verdict.delta, reason=reason, decision=record,
+            seconds=a.seconds(exp_id))
         if verdict.verdict == "keep":
             a.ws.advance(a.run.branch, cand.commit)
             a.update(champion_commit=cand.commit, champion_experiment_id=exp_id)
@@ -74,11 +82,11 @@ def judged(a: ActiveRun, cand: Candidate, outcome: Outcome, stale: list[dict[str
     return exp
 
 
-def superseded(a: ActiveRun, cand: Candidate, stale: list[dict[str, Any]], reason: str
+def superseded(a: ActiveRun, cand: Candidate, stale: list[StaleWin], reason: str
                ) -> Experiment:
     """A winner on a champion replaced meanwhile that could not be kept on the new one."""
     exp = a.store.transition(cand.exp_id, ES.superseded, reason=reason,
-                             decision=json.dumps({"stale": stale}),
+                             decision=Superseded(stale=stale),
                              seconds=a.seconds(cand.exp_id))
     a.cleanup(cand.exp_id, cand.branch)
     a.reporter.finished(exp, a.best())
@@ -111,7 +119,7 @@ def baseline_kept(a: ActiveRun, exp_id: int, values: dict[int, float], noise: fl
     exp = a.store.transition(
         exp_id, ES.kept, delta=0.0, champion_bpb=avg,
         reason=f"baseline: {avg:.4f} ± {noise or 0:.4f} over {len(values)} seeds",
-        decision=json.dumps({"values": values, "noise_std": noise}),
+        decision=BaselineNoise(values=values, noise_std=noise),
     )
     a.update(champion_experiment_id=exp_id, noise_std=noise)
     a.reporter.finished(exp, avg)
@@ -122,7 +130,7 @@ def replayed(a: ActiveRun, exp_id: int, values: dict[int, float], check: Reprodu
              ) -> Experiment:
     """A replay measured: it ends with whether it reproduces (never kept or discarded)."""
     return a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()),
-                              reason=check.reason, decision=check.model_dump_json(),
+                              reason=check.reason, decision=Replayed(**check.model_dump()),
                               seconds=a.seconds(exp_id), delta=check.delta)
 
 

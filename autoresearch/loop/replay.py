@@ -12,7 +12,7 @@ from autoresearch.errors import UsageError, one_line
 from autoresearch.loop import record
 from autoresearch.loop.drift import machine_note
 from autoresearch.loop.run import ActiveRun
-from autoresearch.models import ExperimentStatus
+from autoresearch.models import ExperimentKind, ExperimentStatus
 from autoresearch.store import Experiment
 from autoresearch.workspace import ApplyConflict
 
@@ -29,7 +29,7 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     """Apply ``exp``'s stored diff onto a base, measure it on ``worker``, and compare."""
     run = a.run
     assert exp.id is not None
-    if exp.kind != "candidate" or not exp.diff or not exp.commit:
+    if exp.kind != ExperimentKind.candidate or not exp.diff or not exp.commit:
         raise UsageError(f"experiment {exp.id} has no diff to replay ({exp.kind}, "
                          f"{exp.status.value})")
     base = {"baseline": run.baseline_commit, "champion": run.champion_commit}.get(onto)
@@ -37,8 +37,9 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     k = seeds if seeds is not None else len(run.seed_list)
     seed_list = [run.seed_list[0] + i for i in range(k)]
     new = a.store.add_experiment(
-        run_id=a.id, kind="replay", seq=exp.seq, title=f"replay of #{exp.id}: {exp.title}",
-        rationale=exp.rationale, proposal=exp.proposal, parent_commit=base, replay_of=exp.id)
+        run_id=a.id, kind=ExperimentKind.replay, seq=exp.seq,
+        title=f"replay of #{exp.id}: {exp.title}", rationale=exp.rationale,
+        proposal=exp.proposal, parent_commit=base, replay_of=exp.id)
     assert new.id is not None
     try:
         try:

@@ -23,7 +23,7 @@ from autoresearch.data import PreparedData, prepare
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import ExperimentStatus, RunStatus
+from autoresearch.models import ExperimentStatus, MeasurementRole, RunStatus
 from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
 
@@ -113,7 +113,8 @@ class ActiveRun:
 
     def values(self, exp_id: int) -> dict[int, float]:
         """seed -> val_bpb of an experiment's own successful measurements."""
-        return {m.seed: m.val_bpb for m in self.store.measurements(exp_id, role="candidate")
+        return {m.seed: m.val_bpb
+                for m in self.store.measurements(exp_id, role=MeasurementRole.candidate)
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     def seconds(self, exp_id: int) -> float:
@@ -133,17 +134,17 @@ class ActiveRun:
 
     # -- measuring --------------------------------------------------------------------------
     def run_seeds(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
-                  role: str = "candidate") -> tuple[dict[int, float], Metrics | None]:
+                  role: MeasurementRole = MeasurementRole.candidate
+                  ) -> tuple[dict[int, float], Metrics | None]:
         """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored; stop at the
         first failure (the 2nd item).
         ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         values: dict[int, float] = {}
-        folder = "seed" if role == "candidate" else f"{role}-seed"
         for seed in seeds:
             if self.stopping is not None:  # not one job more once the loop is stopping
                 raise Stopping(self.stopping)
             job = Job(source=wt, data=self.data.path, budget=self.budget, seed=seed,
-                      device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",
+                      device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / role.folder(seed),
                       setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                       sandbox=self.settings.sandbox, expect_sha256=self.run.dataset_sha256)
             m = self._run_job(worker, job)

@@ -29,7 +29,13 @@ from autoresearch.loop.propose import Candidate, Proposer
 from autoresearch.loop.run import ActiveRun, LoopStopped, fingerprint
 from autoresearch.loop.trial import trial
 from autoresearch.metrics import Metrics
-from autoresearch.models import ExperimentStatus, Proposal, RunState
+from autoresearch.models import (
+    ExperimentKind,
+    ExperimentStatus,
+    MeasurementRole,
+    Proposal,
+    RunState,
+)
 from autoresearch.store import Run
 
 ES = ExperimentStatus
@@ -128,8 +134,8 @@ class ResearchLoop:
         """The baseline on every seed, the seeds spread over the workers."""
         a = self.active
         commit = a.run.baseline_commit
-        exp = a.store.add_experiment(run_id=a.id, kind="baseline", seq=0, title="baseline",
-                                     parent_commit=commit, commit=commit,
+        exp = a.store.add_experiment(run_id=a.id, kind=ExperimentKind.baseline, seq=0,
+                                     title="baseline", parent_commit=commit, commit=commit,
                                      fingerprint=fingerprint(a.ws.read_files(commit)))
         assert exp.id is not None
         exp_id = exp.id
@@ -157,12 +163,12 @@ class ResearchLoop:
                         continue
                     if pending:
                         work = functools.partial(_measure_seed, a, exp_id, wt, pending.pop(0),
-                                                 "candidate")
+                                                 MeasurementRole.candidate)
                         seeds_running += 1
                     elif fill and seeds_running and failed is None:
                         # keep the cores as busy as candidates will find them
                         work = functools.partial(_measure_seed, a, exp_id, wt, next(fillers),
-                                                 "filler")
+                                                 MeasurementRole.filler)
                     else:
                         continue
                     lane.give(work, exp_id)
@@ -176,7 +182,7 @@ class ResearchLoop:
                 if done.error is not None:
                     raise done.error
                 got, bad, role = done.result
-                if role == "filler":
+                if role is MeasurementRole.filler:
                     continue
                 seeds_running -= 1
                 values.update(got)
@@ -294,7 +300,8 @@ class ResearchLoop:
         record.all_interrupted(a, why)
 
 
-def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: str = "candidate",
-                  worker: Worker | None = None) -> tuple[dict[int, float], Metrics | None, str]:
+def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: MeasurementRole,
+                  worker: Worker | None = None
+                  ) -> tuple[dict[int, float], Metrics | None, MeasurementRole]:
     assert worker is not None
     return (*a.run_seeds(worker, exp_id, wt, [seed], role=role), role)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 import statistics
 from dataclasses import dataclass
-from typing import Any
 
 from autoresearch import decide as decide_mod
 from autoresearch.agents.base import AgentFatal
@@ -32,8 +31,8 @@ from autoresearch.loop import record
 from autoresearch.loop.propose import Candidate, Proposer, Rejected
 from autoresearch.loop.run import ActiveRun, LoopStopped, Stopping
 from autoresearch.metrics import Metrics
-from autoresearch.models import ExperimentStatus
-from autoresearch.store import Experiment
+from autoresearch.models import ExperimentStatus, MeasurementRole
+from autoresearch.store import Experiment, StaleWin
 from autoresearch.workspace import ApplyConflict
 
 ES = ExperimentStatus
@@ -69,7 +68,7 @@ def _settle(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -
     a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
                      f"training seed {a.seeds[0]} on {worker.name}")
     outcome = measure(a, worker, cand, screen=True)
-    stale: list[dict[str, Any]] = []
+    stale: list[StaleWin] = []
     for _ in range(PORTS + 1):
         if outcome.verdict is None or outcome.verdict.verdict != "keep":
             break
@@ -78,11 +77,11 @@ def _settle(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -
             if onto == cand.parent_commit:
                 return record.judged(a, cand, outcome, stale)
         # it won against a champion that is no longer the champion
-        stale.append({"champion": cand.parent_id, "delta": outcome.verdict.delta,
-                      "reason": outcome.verdict.reason, "values": outcome.values})
+        stale.append(StaleWin(champion=cand.parent_id, delta=outcome.verdict.delta,
+                              reason=outcome.verdict.reason, values=outcome.values))
         if len(stale) > PORTS:
             break
-        a.store.restage(cand.exp_id, {"candidate": "stale", "champion": "stale-champion"})
+        a.store.restage(cand.exp_id)
         _restage_folders(a, cand.exp_id)
         a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
                          f"won on #{cand.parent_id}; porting onto the new champion #{onto_id}")
@@ -159,7 +158,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
     values = dict(values)
     try:
         for seed in a.seeds:
-            got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], role="champion")
+            got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], role=MeasurementRole.champion)
             if bad is not None:
                 a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(
                     values.values()) if values else None)
@@ -242,11 +241,15 @@ def port(a: ActiveRun, proposer: Proposer, cand: Candidate, onto: str, onto_id: 
 
 
 def _restage_folders(a: ActiveRun, exp_id: int) -> None:
-    """Keep the logs of a measurement on an older champion beside the new ones: seed-N ->
-    stale-seed-N, champion-seed-N -> stale-champion-seed-N."""
+    """Keep the files of the measurements on an older champion beside the new ones, in their
+    restaged role's folders (seed-N -> stale-seed-N, champion-seed-N -> stale-champion-seed-N)."""
     d = a.ws.exp_dir(exp_id)
-    for old in [*d.glob("seed-*"), *d.glob("champion-seed-*")]:
-        new = d / f"stale-{old.name}"
-        if new.exists():
-            shutil.rmtree(new)
-        old.rename(new)
+    for m in a.store.measurements(exp_id):
+        if m.role in (MeasurementRole.stale, MeasurementRole.stale_champion):
+            was = MeasurementRole.candidate if m.role is MeasurementRole.stale else (
+                MeasurementRole.champion)
+            old, new = d / was.folder(m.seed), d / m.role.folder(m.seed)
+            if old.is_dir():
+                if new.exists():
+                    shutil.rmtree(new)
+                old.rename(new)
