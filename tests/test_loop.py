@@ -94,6 +94,7 @@ def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws
     assert [c.attempt for c in store.calls(experiment_id=int(str(rejected["id"])))] == [0, 1]
 
 
+@pytest.mark.slow  # two loops' worth of training
 def test_replay_reproduces_a_token_budget_result_exactly(ws: Path) -> None:
     s = script(ws.parent / "s.jsonl", [RAISE_LR])
     assert invoke(*loop_args(ws, "--budget", "1", "--script", str(s)))[0] == 0
@@ -104,6 +105,7 @@ def test_replay_reproduces_a_token_budget_result_exactly(ws: Path) -> None:
     assert result["reproduces"] is True
 
 
+@pytest.mark.slow  # a killed loop and its resumption, each training for real
 def test_a_loop_killed_mid_experiment_resumes_with_nothing_lost_or_doubled(ws: Path) -> None:
     s = script(ws.parent / "s.jsonl", [RAISE_LR, LOWER_LR])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
