@@ -12,8 +12,9 @@ steps of DESIGN, each in the module named for it:
 - record: ``record`` (every way an experiment ends is written there, a keep included)
 
 around them: ``run`` (the active run, its champion, running seeds on a worker), ``scheduler``
-(workers kept busy, proposals asked for while jobs train, stopping), ``context`` (what the
-agent is shown), ``drift`` (the machine's speed), ``replay`` (a stored diff measured again).
+(workers kept busy, proposals asked for while jobs train, stopping), ``limits`` (the budget
+and the cost cap, under one lock), ``context`` (what the agent is shown), ``drift`` (the
+machine's speed), ``replay`` (a stored diff measured again).
 Every state change is committed to the store before the next step, so a loop killed at any
 moment resumes with nothing lost or doubled.
 """

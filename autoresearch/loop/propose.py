@@ -18,8 +18,9 @@ from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFat
 from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
+from autoresearch.loop.limits import Limits
 from autoresearch.loop.run import ActiveRun, LoopStopped, Stopping, fingerprint
-from autoresearch.models import CallRecord, Context, ExperimentKind, ExperimentStatus, Proposal
+from autoresearch.models import CallRecord, Context, ExperimentStatus, Proposal
 from autoresearch.store import Experiment
 
 ES = ExperimentStatus
@@ -52,56 +53,21 @@ class Candidate:
 
 @dataclass
 class Proposer:
-    """Asks the agent for proposals and turns them into candidates. Agent calls run one at a
-    time unless the agent says it may be called concurrently (``agent.concurrent``); either
-    way the cost cap holds: a call starts only if the spending so far, plus the dearest call's
-    price for it and for each call still in flight, stays within ``--max-cost``."""
+    """Asks the agent for proposals and turns them into candidates, within the run's limits
+    (``limits``: the budget's numbering, the cost cap and how many calls run at once)."""
 
     active: ActiveRun
     agent: Agent
+    limits: Limits
     redo: list[tuple[int, Proposal]] = field(default_factory=list)
-    _calls: threading.Condition = field(default_factory=threading.Condition)
-    _in_flight: int = 0
-    _rows: threading.Lock = field(default_factory=threading.Lock)  # seq and fingerprint checks
+    _rows: threading.Lock = field(default_factory=threading.Lock)  # fingerprint checks
 
     # -- ask ----------------------------------------------------------------------------------
     def ask(self, context: Context) -> Answer:
         """One agent call, within the cost cap. The caller records its calls (``answer.calls``,
         or the ``calls`` of the AgentError it raised)."""
-        self._enter_call()
-        try:
+        with self.limits.agent_call():
             return self.agent.propose(context)
-        finally:
-            self._leave_call()
-
-    def _enter_call(self) -> None:
-        concurrent = self.agent.concurrent
-        with self._calls:
-            # one at a time, unless the agent allows more and the price of a call is known
-            while self._in_flight and (not concurrent or not self._priced()):
-                self._calls.wait()
-            self.check_cost(in_flight=self._in_flight)
-            self._in_flight += 1
-
-    def _leave_call(self) -> None:
-        with self._calls:
-            self._in_flight -= 1
-            self._calls.notify_all()
-
-    def _priced(self) -> bool:
-        return self.active.settings.max_cost is None or self.active.store.spending(
-            self.active.id)[1] > 0
-
-    def check_cost(self, in_flight: int = 0) -> None:
-        """Stop cleanly before the next agent call could cross ``--max-cost``."""
-        cap = self.active.settings.max_cost
-        if cap is None:
-            return
-        spent, dearest = self.active.store.spending(self.active.id)
-        # the next call, and each still in flight, is assumed to cost the dearest one's price
-        if spent + (in_flight + 1) * dearest > cap:
-            raise LoopStopped(f"cost cap reached: ${spent:.4f} spent, the next call would cost "
-                              f"about ${dearest:.4f}, cap ${cap:.4f}")
 
     def record_calls(self, exp_id: int | None, calls: list[CallRecord], attempt: int) -> None:
         for c in calls:
@@ -129,7 +95,7 @@ class Proposer:
             answer = Answer(proposal=redo.model_copy(
                 update={"rationale": f"(redo of interrupted #{old_id}) {redo.rationale}"}))
         else:
-            self._enter_call()
+            self.limits.enter_call()
             try:
                 # the champion and history as they are when the call starts: with calls one
                 # at a time, an ask that waited its turn sees what the others proposed
@@ -145,7 +111,7 @@ class Proposer:
                 record.rejected(a, exp.id, f"agent failed: {one_line(str(e))}")
                 return None
             finally:
-                self._leave_call()
+                self.limits.leave_call()
         exp = self._row(parent_commit, parent_id, "(no usable proposal)")
         assert exp.id is not None
         exp_id = exp.id
@@ -164,11 +130,7 @@ class Proposer:
             raise
 
     def _row(self, parent_commit: str, parent_id: int, title: str) -> Experiment:
-        with self._rows:
-            seq = self.active.store.count_candidates(self.active.id) + 1
-            return self.active.store.add_experiment(
-                run_id=self.active.id, kind=ExperimentKind.candidate, seq=seq,
-                parent_commit=parent_commit, parent_id=parent_id, title=title)
+        return self.limits.new_candidate(parent_commit, parent_id, title)
 
     def usable(self, exp_id: int, context: Context, base: dict[str, str], answer: Answer,
                repairs: int | None = None) -> tuple[Proposal, dict[str, str]]:

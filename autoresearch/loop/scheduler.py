@@ -4,9 +4,10 @@ One thread per worker runs experiments' measure, judge and record steps (the wor
 processes are started from that thread and live with it). Proposals (ask, check, apply) run
 in threads of their own while workers train: at most one waits per worker (``pipeline``), or
 one is asked for only when a worker is free (``pipeline=False``; with one worker, the
-sequential loop). The main thread only
-hands out work and reacts to what finished; the run's budget is exact because an ask starts
-only while the experiments recorded plus the asks still open stay within it.
+sequential loop). The main thread only hands out work and reacts to what finished; the
+budget and the cost cap are counted by the run's ``Limits``. The baseline's seeds are spread
+over the same workers. Stopping (Ctrl-C, a fatal error) cancels each busy worker's job
+(``Worker.cancel``) and records everything in flight as interrupted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from autoresearch.agents.base import Agent, AgentExhausted, AgentFatal
 from autoresearch.backends import Worker
 from autoresearch.errors import AutoresearchError, one_line
 from autoresearch.loop import record
+from autoresearch.loop.limits import Limits
 from autoresearch.loop.propose import Candidate, Proposer
 from autoresearch.loop.run import ActiveRun, LoopStopped, fingerprint
 from autoresearch.loop.trial import trial
@@ -91,7 +93,8 @@ class ResearchLoop:
         self.active = active
         self.agent = agent
         self.workers = workers
-        self.proposer = Proposer(active, agent, redo=list(redo or []))
+        self.limits = Limits(active, concurrent_calls=agent.concurrent)
+        self.proposer = Proposer(active, agent, self.limits, redo=list(redo or []))
         self.events: queue.Queue[_Done] = queue.Queue()
         self.lanes: list[_Lane] = []
 
@@ -210,11 +213,10 @@ class ResearchLoop:
         a = self.active
         s = a.settings
         ready: deque[Candidate] = deque()
-        asks = 0  # proposals being asked for (each may or may not have its row yet)
+        limits = self.limits
         running = 0
         exhausted = False
         stop: BaseException | None = None
-        planned = a.run.experiments_planned
         pipelined = s.pipeline if s.pipeline is not None else not self.agent.scripted
         while True:
             free = [lane for lane in self.lanes if lane.current is None]
@@ -223,20 +225,18 @@ class ResearchLoop:
                 free.pop(0).give(functools.partial(trial, a, self.proposer, cand=cand),
                                  cand.exp_id)
                 running += 1
-            waiting = asks + len(ready)
+            waiting = limits.open_asks + len(ready)
             # pipelined: one proposal ready (or being asked for) per worker, busy or not;
             # else only for the workers that are free now
             want = len(self.lanes) if pipelined else len(free)
-            while (stop is None and not exhausted and waiting < want
-                   and a.store.count_candidates(a.id) + asks < planned):
+            while stop is None and not exhausted and waiting < want and limits.start_ask():
                 self._ask()
-                asks += 1
                 waiting += 1
-            if not asks and not running:
+            if not limits.open_asks and not running:
                 break
             done = self._next_event()
             if done.kind == "ask":
-                asks -= 1
+                limits.end_ask()
                 if isinstance(done.error, AgentExhausted):
                     if not exhausted:
                         a.reporter.notice(f"the agent has nothing more to propose: "
