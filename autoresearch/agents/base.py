@@ -47,3 +47,8 @@ class Agent(Protocol):
     scripted: bool
 
     def propose(self, context: Context) -> Answer: ...
+
+    def cancel(self) -> None:
+        """End the calls in flight, from another thread: each raises AgentFatal soon. Called
+        once, when the loop stops."""
+        ...

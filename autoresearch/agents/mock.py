@@ -116,6 +116,9 @@ class MockAgent:
         self.latency = latency
         self.scripted = self.script is not None
 
+    def cancel(self) -> None:
+        """Nothing to end: an answer is at most ``latency`` seconds away."""
+
     def propose(self, context: Context) -> Answer:
         if self.latency:
             time.sleep(self.latency)  # a model thinking: the scheduler overlaps it with training

@@ -8,16 +8,17 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from autoresearch import speed as speed_mod
 from autoresearch.decide import Reproduction
 from autoresearch.metrics import Metrics
 from autoresearch.models import MeasurementRole, RunStatus
-from autoresearch.store import Store
+from autoresearch.store import Run, Store
 
-if TYPE_CHECKING:
-    from autoresearch.loop.run import ActiveRun
+
+class Notices(Protocol):
+    def notice(self, message: str) -> None: ...
 
 
 @dataclass
@@ -26,11 +27,12 @@ class DriftWatch:
 
     drifting: bool = False
 
-    def observe(self, a: ActiveRun, exp_id: int, seed: int, m: Metrics) -> dict[str, Any]:
+    def observe(self, store: Store, run: Run, reporter: Notices, exp_id: int, seed: int,
+                m: Metrics) -> dict[str, Any]:
         """The measurement's machine speed, relative to the champion's: the fields stored
         with it (speed, speed_ratio, drift)."""
         speed = speed_mod.combined(m.speed_before, m.speed_after)
-        ref = reference_speeds(a)
+        ref = reference_speeds(store, run)
         ratio = speed_mod.ratio(speed, ref)
         tol = speed_mod.tolerance(ref)
         why = None
@@ -42,10 +44,10 @@ class DriftWatch:
                 m.speed_after / m.speed_before, ref or [m.speed_before]):
             why = (f"the machine's speed changed during training ({m.speed_before:.3g} -> "
                    f"{m.speed_after:.3g} GFLOP/s)")
-        if a.budget.kind == "time" and (why is not None) != self.drifting:
+        if run.budget_kind == "time" and (why is not None) != self.drifting:
             self.drifting = why is not None
             where = f"experiment {exp_id} seed {seed}"
-            a.reporter.notice(
+            reporter.notice(
                 f"machine speed drift at {where}: {why}; under a wall-clock budget its "
                 "val_bpb is not comparable with earlier measurements, so a promising "
                 "candidate is confirmed against the champion re-measured alongside it"
@@ -54,12 +56,12 @@ class DriftWatch:
         return {"speed": speed, "speed_ratio": ratio, "drift": why}
 
 
-def reference_speeds(a: ActiveRun) -> list[float]:
+def reference_speeds(store: Store, run: Run) -> list[float]:
     """The champion's own measurements' speeds (none while the baseline is measured)."""
-    if a.run.champion_experiment_id is None:
+    if run.champion_experiment_id is None:
         return []
-    return [m.speed for m in a.store.measurements(a.run.champion_experiment_id,
-                                                  role=MeasurementRole.candidate)
+    return [m.speed for m in store.measurements(run.champion_experiment_id,
+                                                role=MeasurementRole.candidate)
             if m.status == RunStatus.ok and m.speed is not None]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from autoresearch import edits, guard
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
@@ -19,7 +18,7 @@ from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
 from autoresearch.loop.limits import Limits
-from autoresearch.loop.run import ActiveRun, LoopStopped, Stopping, fingerprint
+from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, Stopping, fingerprint
 from autoresearch.models import CallRecord, Context, ExperimentStatus, Proposal
 from autoresearch.store import Experiment
 
@@ -34,21 +33,6 @@ class Rejected(Exception):
         self.message = message
         self.reason = reason
         self.duplicate_of = duplicate_of
-
-
-@dataclass
-class Candidate:
-    """A proposal checked and committed in its worktree, waiting for a worker or on one."""
-
-    exp_id: int
-    seq: int
-    proposal: Proposal
-    files: dict[str, str]
-    parent_commit: str  # the champion it was proposed on (and is measured against)
-    parent_id: int
-    commit: str
-    branch: str
-    wt: Path
 
 
 @dataclass

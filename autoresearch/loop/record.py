@@ -11,10 +11,11 @@ its evidence, removes the experiment's worktrees and tells the reporter.
 from __future__ import annotations
 
 import statistics
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from autoresearch.decide import Reproduction
 from autoresearch.errors import one_line
+from autoresearch.loop.run import ActiveRun, Candidate, Outcome
 from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus, RunStatus
 from autoresearch.store import (
@@ -26,11 +27,6 @@ from autoresearch.store import (
     Superseded,
     is_done,
 )
-
-if TYPE_CHECKING:
-    from autoresearch.loop.propose import Candidate
-    from autoresearch.loop.run import ActiveRun
-    from autoresearch.loop.trial import Outcome
 
 ES = ExperimentStatus
 

@@ -1,6 +1,7 @@
 """The run being worked on: its row, its champion (read and moved under one lock), and the
 one way a step runs code on a worker (``run_seeds``: one job per seed, each measurement
-stored with its machine speed).
+stored with its machine speed); and what the steps hand each other (``Candidate``: a
+proposal committed in its worktree; ``Outcome``: what measuring it against a champion gave).
 
 ``ActiveRun`` exists only once a run does (``open_run``, ``reopen``): nothing that uses it has
 to ask whether there is a run.
@@ -20,10 +21,11 @@ from autoresearch import runner
 from autoresearch.backends import Job, Worker
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
+from autoresearch.decide import Decision
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import ExperimentStatus, MeasurementRole, RunStatus
+from autoresearch.models import ExperimentStatus, MeasurementRole, Proposal, RunStatus
 from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
 
@@ -63,6 +65,32 @@ def fingerprint(files: dict[str, str]) -> str:
     for path in sorted(files):
         h.update(path.encode() + b"\0" + files[path].encode() + b"\0")
     return h.hexdigest()
+
+
+@dataclass
+class Candidate:
+    """A proposal checked and committed in its worktree, waiting for a worker or on one."""
+
+    exp_id: int
+    seq: int
+    proposal: Proposal
+    files: dict[str, str]
+    parent_commit: str  # the champion it was proposed on (and is measured against)
+    parent_id: int
+    commit: str
+    branch: str
+    wt: Path
+
+
+@dataclass
+class Outcome:
+    """What measuring a candidate against one champion gave."""
+
+    values: dict[int, float]
+    champion: dict[int, float]  # the champion values it was compared with
+    verdict: Decision | None  # None when a measurement failed
+    failed: Metrics | None = None
+    stored: Decision | None = None  # the screen against the stored values (time budgets)
 
 
 @dataclass
@@ -150,8 +178,8 @@ class ActiveRun:
             m = self._run_job(worker, job)
             if self.stopping is not None:
                 raise Stopping(self.stopping)
-            self.store.add_measurement(exp_id, m, role=role,
-                                       **self._drift.observe(self, exp_id, seed, m))
+            speed = self._drift.observe(self.store, self.run, self.reporter, exp_id, seed, m)
+            self.store.add_measurement(exp_id, m, role=role, **speed)
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None

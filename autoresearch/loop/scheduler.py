@@ -27,8 +27,8 @@ from autoresearch.backends import Worker
 from autoresearch.errors import AutoresearchError, one_line
 from autoresearch.loop import record
 from autoresearch.loop.limits import Limits
-from autoresearch.loop.propose import Candidate, Proposer
-from autoresearch.loop.run import ActiveRun, LoopStopped, fingerprint
+from autoresearch.loop.propose import Proposer
+from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, fingerprint
 from autoresearch.loop.trial import trial
 from autoresearch.metrics import Metrics
 from autoresearch.models import (
@@ -97,6 +97,7 @@ class ResearchLoop:
         self.proposer = Proposer(active, agent, self.limits, redo=list(redo or []))
         self.events: queue.Queue[_Done] = queue.Queue()
         self.lanes: list[_Lane] = []
+        self._asking: list[threading.Thread] = []
 
     @property
     def run(self) -> Run:
@@ -128,8 +129,13 @@ class ResearchLoop:
         finally:
             for lane in self.lanes:
                 lane.stop()
+            # every thread started here is waited for: a lane ends once its job has (cancelled
+            # when stopping), an ask with its agent call (cancelled too); the bound only keeps a
+            # worker or an agent that ignores cancel from hanging the loop forever
             for lane in self.lanes:
                 lane.thread.join(timeout=60)
+            for thread in self._asking:
+                thread.join(timeout=60)
         return a.update(state=RunState.finished)
 
     # -- the baseline ---------------------------------------------------------------------------
@@ -272,7 +278,11 @@ class ResearchLoop:
             except BaseException as e:
                 self.events.put(_Done("ask", None, error=e))
 
-        threading.Thread(target=work, name="ask", daemon=True).start()
+        # daemon: a call the agent cannot end must not keep the process alive; still owned:
+        # execute waits for every ask it started before it returns
+        thread = threading.Thread(target=work, name="ask", daemon=True)
+        self._asking.append(thread)
+        thread.start()
 
     def _next_event(self) -> _Done:
         while True:  # a timeout keeps Ctrl-C deliverable to this thread
@@ -283,10 +293,11 @@ class ResearchLoop:
 
     # -- stopping -------------------------------------------------------------------------------
     def _halt(self, why: str) -> None:
-        """Stop every job in flight and record what was in flight as interrupted. Asks still
-        waiting on the agent record nothing more (their threads end with the process)."""
+        """Stop every job and agent call in flight and record what was in flight as
+        interrupted (an ask that ends after this records its experiment interrupted too)."""
         a = self.active
         a.stopping = why
+        self.agent.cancel()
         busy = [lane for lane in self.lanes if lane.current is not None]
         for lane in busy:
             lane.worker.cancel()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import shutil
 import statistics
-from dataclasses import dataclass
 
 from autoresearch import decide as decide_mod
 from autoresearch.agents.base import AgentFatal
@@ -28,26 +27,14 @@ from autoresearch.decide import Decision
 from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
-from autoresearch.loop.propose import Candidate, Proposer, Rejected
-from autoresearch.loop.run import ActiveRun, LoopStopped, Stopping
-from autoresearch.metrics import Metrics
+from autoresearch.loop.propose import Proposer, Rejected
+from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, Outcome, Stopping
 from autoresearch.models import ExperimentStatus, MeasurementRole
 from autoresearch.store import Experiment, StaleWin
 from autoresearch.workspace import ApplyConflict
 
 ES = ExperimentStatus
 PORTS = 2  # a winner is ported onto a champion that moved at most this many times
-
-
-@dataclass
-class Outcome:
-    """What measuring a candidate against one champion gave."""
-
-    values: dict[int, float]
-    champion: dict[int, float]  # the champion values it was compared with
-    verdict: Decision | None  # None when a measurement failed
-    failed: Metrics | None = None
-    stored: Decision | None = None  # the screen against the stored values (time budgets)
 
 
 def trial(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -> Experiment:

@@ -52,6 +52,9 @@ class PlaybookAgent:
         self.catalogue = list(catalogue)
         self.refused: set[str] = set()  # entries the loop could not use in this session
 
+    def cancel(self) -> None:
+        """Nothing to end: it answers at once, offline."""
+
     def propose(self, context: Context) -> Answer:
         if context.repair:
             # the loop could not use the last answer: move on rather than send it again
