@@ -25,22 +25,9 @@ from autoresearch.decide import Decision
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import ExperimentStatus, MeasurementRole, Proposal, RunStatus
+from autoresearch.models import MeasurementRole, Proposal, RunStatus
 from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
-
-ES = ExperimentStatus
-
-# how a failed training job is recorded
-JOB_STATUS = {
-    RunStatus.crash: ES.crashed,
-    RunStatus.nan: ES.crashed,
-    RunStatus.timeout: ES.timeout,
-    RunStatus.overtime: ES.invalid,
-    RunStatus.invalid_model: ES.invalid,
-    RunStatus.not_causal: ES.invalid,
-    RunStatus.rejected: ES.rejected,
-}
 
 
 class Reporter(Protocol):
