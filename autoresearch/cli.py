@@ -20,12 +20,10 @@ from rich.console import Console
 from autoresearch import data as data_mod
 from autoresearch import loop as loop_mod
 from autoresearch import report, runner
-from autoresearch.agents import Agent, AgentError, make_agent
-from autoresearch.agents.pricing import price_of
+from autoresearch.agents import AgentError, make_agent
 from autoresearch.config import Settings, load_settings
 from autoresearch.errors import AutoresearchError, UsageError
-from autoresearch.jobs import LocalWorker
-from autoresearch.loop import LoopStopped, ResearchLoop
+from autoresearch.loop import LoopStopped
 from autoresearch.models import ExperimentStatus
 from autoresearch.progress import make_reporter
 from autoresearch.store import Experiment, Run, Store
@@ -264,41 +262,17 @@ def loop(
         reporter = make_reporter(out, err)
         try:
             if resume:
-                run = store.last_unfinished_run()
-                if run is None:
-                    raise UsageError("there is no unfinished run to resume")
-                # the run goes on with the settings it started with, except what the user
-                # may sensibly change midway: where things are, prices, spending, patience
-                given = {"max_cost": max_cost, "repairs": repairs,
-                         "keep_worktrees": keep_worktrees, "sandbox": sandbox,
-                         "pipeline": pipeline, "ray_address": ray_address,
-                         "workers": workers, "gpu": gpu, "backend": backend}
-                overrides = {"workspace": s.workspace, "db": s.db, "prices": s.prices,
-                             **{k: v for k, v in given.items() if v is not None}}
-                s = Settings.exactly(run.config).model_copy(update=overrides)
-                assert run.id is not None
-                store.update_run(run.id, config=s.model_dump_json(exclude={"prices"}))
-                # a resumed mock agent continues its script where the last session stopped
-                done_calls = 0 if run.agent != "mock" else sum(
-                    1 for c in store.calls(run_id=run.id) if c.provider == "mock")
-                ag = make_agent(run.agent, settings=s, notice=reporter.notice,
-                                prompts_dir=ws.root / "prompts", start=done_calls,
-                                model=run.model or None)
-                _check_cap(s, ag)
-                pool = loop_mod.make_workers(s, run.device, ws.experiments_dir)
-                active, redo = loop_mod.resume(s, store, ws, reporter, run, budget)
-                lp = ResearchLoop(active, ag, pool, redo=redo)
+                lp = loop_mod.resume(s, store, ws, reporter, experiments=budget, changed={
+                    "max_cost": max_cost, "repairs": repairs, "keep_worktrees": keep_worktrees,
+                    "sandbox": sandbox, "pipeline": pipeline, "ray_address": ray_address,
+                    "workers": workers, "gpu": gpu, "backend": backend})
+                s = lp.active.settings
             else:
                 ag = make_agent(s.agent, settings=s, notice=reporter.notice,
                                 prompts_dir=ws.root / "prompts")
-                _check_cap(s, ag)
-                device = runner.resolve_device(s.device)
-                pool = loop_mod.make_workers(s, device, ws.experiments_dir)
-                _warn_shared_cores(s, device, len(pool), reporter)
-                active = loop_mod.start(s, store, ws, reporter, agent=ag.name, model=ag.model,
-                                        experiments=budget if budget is not None else 20,
-                                        workers=pool)
-                lp = ResearchLoop(active, ag, pool)
+                loop_mod.check_cost_cap(s, ag)
+                lp = loop_mod.start(s, store, ws, ag, reporter,
+                                    budget if budget is not None else 20)
             try:
                 done = lp.execute()
             except KeyboardInterrupt:
@@ -315,18 +289,6 @@ def loop(
         finally:
             reporter.close()
             store.close()
-
-
-def _warn_shared_cores(s: Settings, device: str, workers: int, reporter: Any) -> None:
-    """Jobs side by side on shared CPU cores slow each other: under a wall-clock budget that
-    becomes val_bpb. The keep rule still compares like with like (the champion re-measured
-    alongside, on the same worker, while the others are as busy), but say so."""
-    if workers > 1 and device == "cpu" and s.token_budget is None and s.backend == "local":
-        reporter.notice(
-            f"note: {workers} workers share this machine's CPU cores under a wall-clock "
-            "budget: each job trains fewer steps than it would alone, and its val_bpb depends "
-            "on what the other workers run; a promising candidate is confirmed against the "
-            "champion re-measured alongside it, but --token-budget compares the code alone")
 
 
 # -- inspect ------------------------------------------------------------------------------------
@@ -413,14 +375,9 @@ def replay(
         ws = Workspace(s.workspace, s.editable)
         exp = _experiment(store, exp_id)
         reporter = make_reporter(out, err) if not as_json else make_reporter(None, err)
-        run = store.get_run(exp.run_id)
-        assert run is not None
-        active = loop_mod.reopen(s, store, ws, reporter, run)
-        worker = LocalWorker("w0", ws.experiments_dir)
         try:
-            result = loop_mod.replay(active, worker, exp, onto=onto, seeds=seeds)
+            result = loop_mod.replay_once(s, store, ws, reporter, exp, onto=onto, seeds=seeds)
         finally:
-            worker.close()
             reporter.close()
         if as_json:
             out.print_json(json.dumps(result))
@@ -513,14 +470,6 @@ def _int_id(text: str) -> int:
         return int(text.strip().lstrip("#"))
     except ValueError:
         raise UsageError(f"--curves takes experiment ids, not {text!r}") from None
-
-
-def _check_cap(s: Settings, agent: Agent) -> None:
-    if s.max_cost is not None and agent.name in ("anthropic", "openai") and (
-            price_of(agent.model, s.prices) is None):
-        raise UsageError(f"--max-cost needs a price for model {agent.model!r}; add it under "
-                         "[tool.autoresearch.prices] as \"model\" = [USD per M input tokens, "
-                         "USD per M output tokens]")
 
 
 def _status(name: str) -> ExperimentStatus:

@@ -8,13 +8,12 @@ Everything comes from the decision evidence stored with the experiment.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 from autoresearch.models import ExperimentStatus
-from autoresearch.store import Experiment
+from autoresearch.store import Experiment, read_decision
 
 ES = ExperimentStatus
 _FAILED = {ES.rejected, ES.crashed, ES.timeout, ES.invalid, ES.interrupted, ES.superseded}
@@ -37,11 +36,8 @@ def _seeds(seeds: list[int]) -> str:
 
 
 def _decision(e: Experiment) -> dict[str, Any]:
-    try:
-        d = json.loads(e.decision) if e.decision else {}
-    except ValueError:
-        return {}
-    return d if isinstance(d, dict) else {}
+    record = read_decision(e)
+    return {} if record is None else record.model_dump()
 
 
 def _mean(xs: list[Any]) -> float | None:

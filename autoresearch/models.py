@@ -117,6 +117,38 @@ class ExperimentStatus(enum.StrEnum):
     superseded = "superseded"  # won on an older champion, could not be ported onto the new one
 
 
+class ExperimentKind(enum.StrEnum):
+    """What an experiment is."""
+
+    baseline = "baseline"  # the run's starting code, measured on every seed (seq 0)
+    candidate = "candidate"  # an agent's proposal, one slot of the run's budget (seq 1..)
+    replay = "replay"  # a stored diff measured again on another base (never kept)
+
+
+class MeasurementRole(enum.StrEnum):
+    """Why a measurement of an experiment ran (device time is accounted by purpose); it also
+    names the folder of its files (``folder``)."""
+
+    candidate = "candidate"  # the experiment's own code
+    # the champion re-measured alongside a promising candidate under a time budget (the
+    # values its keep decision is made on)
+    champion = "champion"
+    # the baseline on a spare seed, keeping shared cores as busy as candidates will find
+    # them while the last baseline seeds finish; never a value
+    filler = "filler"
+    stale = "stale"  # the candidate's own, against a champion replaced meanwhile
+    stale_champion = "stale-champion"  # that replaced champion, re-measured alongside
+
+    def folder(self, seed: int) -> str:
+        """seed-N for the experiment's own code, else <role>-seed-N."""
+        return f"seed-{seed}" if self is MeasurementRole.candidate else f"{self}-seed-{seed}"
+
+    def staled(self) -> MeasurementRole:
+        """What this measurement becomes once its champion has been replaced."""
+        return {MeasurementRole.candidate: MeasurementRole.stale,
+                MeasurementRole.champion: MeasurementRole.stale_champion}.get(self, self)
+
+
 class RunState(enum.StrEnum):
     """Where a research run is."""
 

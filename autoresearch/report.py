@@ -15,7 +15,7 @@ from autoresearch import curves
 from autoresearch.errors import UsageError
 from autoresearch.explain import compare
 from autoresearch.metrics import Metrics
-from autoresearch.store import Experiment, Run, Store
+from autoresearch.store import Experiment, Judged, Run, Store, read_decision
 from autoresearch.workspace import Workspace
 
 
@@ -77,7 +77,8 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
     if full:
         d["rationale"] = e.rationale
         d["parent_commit"] = e.parent_commit
-        d["decision"] = json.loads(e.decision) if e.decision else None
+        record = read_decision(e)
+        d["decision"] = None if record is None else record.model_dump(mode="json")
         d["measurements"] = [
             {"seed": m.seed, "status": m.status, "val_bpb": m.val_bpb, "val_loss": m.val_loss,
              "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
@@ -265,8 +266,11 @@ def experiment_text(store: Store, e: Experiment) -> str:
 
 def champion_by_seed(e: Experiment) -> dict[int, float]:
     """seed -> the champion's value on that seed, from a candidate's decision evidence."""
+    record = read_decision(e)
+    if not isinstance(record, Judged):
+        return {}
     try:
-        ev = (json.loads(e.decision) if e.decision else {}).get("evidence") or {}
+        ev = record.evidence
         return {int(s): float(v) for s, v in zip(ev["seeds"], ev["champion"], strict=True)}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -4,7 +4,13 @@ Every write is its own transaction (``_tx``): committed before the caller goes o
 back and re-raised as ``StoreError``. Reads return detached copies, never live rows, so a
 reader can hold them while a loop keeps writing.
 
-About 400 lines: the four tables and their one Store; no part of it stands alone.
+The tables: ``Run`` (one loop invocation), ``Experiment`` (one proposal, its status and its
+decision), ``Measurement`` (one training + evaluation of one commit with one seed) and
+``AgentCall``. An experiment's kind and a measurement's role are enums stored as their plain
+values; its decision is one typed record (``DecisionRecord``: judged, superseded, baseline or
+replay), tagged ``record`` in the JSON and read by its shape in files written before the tag.
+A file from an older version gets the columns added since (``_add_new_columns``): columns are
+only ever added, never changed.
 """
 
 from __future__ import annotations
@@ -17,17 +23,28 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from sqlalchemy import Column, Text, event, text
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import Field as PydanticField
+from sqlalchemy import Column, String, Text, event, text
 from sqlalchemy import select as select_columns
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, create_engine, func, select
 
+from autoresearch.decide import Decision, Reproduction
 from autoresearch.errors import StoreError
 from autoresearch.metrics import Metrics
-from autoresearch.models import ExperimentStatus, HistoryItem, RunState, RunStatus
+from autoresearch.models import (
+    ExperimentKind,
+    ExperimentStatus,
+    HistoryItem,
+    MeasurementRole,
+    RunState,
+    RunStatus,
+)
 
 SCHEMA_VERSION = 1
 
@@ -53,7 +70,7 @@ S = ExperimentStatus
 def is_done(e: Experiment) -> bool:
     """Nothing more will happen to ``e``: a final status, or a replay that was measured (a
     replay reports whether it reproduces; it is never kept or discarded)."""
-    return e.status in FINAL or (e.kind == "replay" and e.status == S.measured)
+    return e.status in FINAL or (e.kind == ExperimentKind.replay and e.status == S.measured)
 
 
 LEGAL: dict[ExperimentStatus, set[ExperimentStatus]] = {
@@ -68,6 +85,87 @@ class IllegalTransition(StoreError):
     pass
 
 
+# -- the decision record ------------------------------------------------------------------------
+class StaleWin(BaseModel):
+    """A win on a champion that was replaced before the candidate could be kept."""
+
+    champion: int  # that champion's experiment id
+    delta: float | None = None
+    reason: str = ""
+    values: dict[int, float] = PydanticField(default_factory=dict)
+
+
+class Judged(Decision):
+    """The keep rule's verdict on a candidate (kept or discarded), with the wins it had on
+    champions replaced meanwhile (then it was measured again on the new one)."""
+
+    record: Literal["judged"] = "judged"
+    stale: list[StaleWin] = PydanticField(default_factory=list)
+
+
+class Superseded(BaseModel):
+    """A candidate that won on champions replaced meanwhile and was not kept."""
+
+    record: Literal["superseded"] = "superseded"
+    stale: list[StaleWin]
+
+
+class BaselineNoise(BaseModel):
+    """The baseline's values on every seed, and the seed noise they give."""
+
+    record: Literal["baseline"] = "baseline"
+    values: dict[int, float]
+    noise_std: float | None = None
+
+
+class Replayed(Reproduction):
+    """Whether a replay reproduced the original's result."""
+
+    record: Literal["replay"] = "replay"
+
+
+DecisionRecord = Annotated[Judged | Superseded | BaselineNoise | Replayed,
+                           PydanticField(discriminator="record")]
+_DECISION: TypeAdapter[DecisionRecord] = TypeAdapter(DecisionRecord)
+
+
+def read_decision(e: Experiment) -> DecisionRecord | None:
+    """An experiment's decision, typed (None before it has one, or for one unreadable). A
+    record written before the ``record`` tag is read by its shape."""
+    try:
+        d = json.loads(e.decision) if e.decision else None
+    except ValueError:
+        return None
+    if not isinstance(d, dict):
+        return None
+    if "record" not in d:
+        d["record"] = ("baseline" if e.kind == ExperimentKind.baseline
+                       else "replay" if e.kind == ExperimentKind.replay
+                       else "judged" if "verdict" in d else "superseded")
+    try:
+        return _DECISION.validate_python(d)
+    except ValidationError:
+        return None
+
+
+class _Enum(TypeDecorator[Any]):
+    """A StrEnum column stored as its value in a VARCHAR, as the plain strings before it."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum_type: type[ExperimentKind] | type[MeasurementRole]) -> None:
+        super().__init__()
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: Any, dialect: Any) -> str | None:
+        return None if value is None else str(self.enum_type(value))
+
+    def process_result_value(self, value: Any, dialect: Any) -> Any:
+        return None if value is None else self.enum_type(value)
+
+
+# -- the tables ---------------------------------------------------------------------------------
 class Meta(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: str
@@ -105,7 +203,8 @@ class Run(SQLModel, table=True):
 class Experiment(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(foreign_key="run.id", index=True)
-    kind: str = "candidate"  # baseline | candidate | replay
+    kind: ExperimentKind = Field(default=ExperimentKind.candidate,
+                                 sa_column=Column(_Enum(ExperimentKind), nullable=False))
     seq: int = 0  # 0 for the baseline, 1.. for candidates in the run's budget
     title: str = ""
     rationale: str = Field(default="", sa_column=Column(Text))
@@ -147,9 +246,8 @@ class Measurement(SQLModel, table=True):
     device: str = ""
     error: str | None = Field(default=None, sa_column=Column(Text))
     metrics: str = Field(default="{}", sa_column=Column(Text))
-    # "candidate": the experiment's own code; "champion": the champion re-measured alongside
-    # a promising candidate under a time budget (the values its keep decision is made on)
-    role: str = "candidate"
+    role: MeasurementRole = Field(default=MeasurementRole.candidate,
+                                  sa_column=Column(_Enum(MeasurementRole), nullable=False))
     speed: float | None = None  # reference GFLOP/s in the training process (autoresearch.speed)
     speed_ratio: float | None = None  # speed / the champion's reference speed at the time
     drift: str | None = None  # why this measurement's machine speed is not comparable, if so
@@ -187,8 +285,8 @@ def _detach(row: T) -> T:
     return type(row).model_validate(row.model_dump())
 
 
-def _matching(run_id: int | None, status: Sequence[ExperimentStatus] | None, kind: str | None,
-              has_commit: bool) -> list[Any]:
+def _matching(run_id: int | None, status: Sequence[ExperimentStatus] | None,
+              kind: ExperimentKind | None, has_commit: bool) -> list[Any]:
     """The conditions of an experiments query (``Store.experiments``, ``Store.newest``)."""
     conds: list[Any] = []
     if run_id is not None:
@@ -337,8 +435,11 @@ class Store:
             return None if run is None else _detach(run)
 
     # -- experiments ------------------------------------------------------------------------
-    def add_experiment(self, **fields: Any) -> Experiment:
-        return self._add(Experiment(**fields))
+    def add_experiment(self, *, run_id: int, kind: ExperimentKind = ExperimentKind.candidate,
+                       seq: int = 0, title: str = "", parent_commit: str = "", **fields: Any
+                       ) -> Experiment:
+        return self._add(Experiment(run_id=run_id, kind=ExperimentKind(kind), seq=seq,
+                                    title=title, parent_commit=parent_commit, **fields))
 
     def get_experiment(self, exp_id: int) -> Experiment | None:
         with self._tx() as s:
@@ -349,8 +450,12 @@ class Store:
         """Change fields of an experiment still in flight (a finished one raises)."""
         return self._update(Experiment, exp_id, fields)
 
-    def transition(self, exp_id: int, to: ExperimentStatus, **fields: Any) -> Experiment:
-        """Move an experiment to ``to``; illegal moves (e.g. out of a final state) raise."""
+    def transition(self, exp_id: int, to: ExperimentStatus, *,
+                   decision: DecisionRecord | None = None, **fields: Any) -> Experiment:
+        """Move an experiment to ``to``, with its decision if it has one; illegal moves (e.g.
+        out of a final state) raise."""
+        if decision is not None:
+            fields["decision"] = decision.model_dump_json()
         return self._update(Experiment, exp_id, fields, to=to)
 
     def experiments(
@@ -360,7 +465,7 @@ class Store:
         status: Sequence[ExperimentStatus] | None = None,
         limit: int | None = None,
         newest_first: bool = False,
-        kind: str | None = None,
+        kind: ExperimentKind | None = None,
         has_commit: bool = False,
     ) -> list[Experiment]:
         with self._tx() as s:
@@ -371,7 +476,7 @@ class Store:
             return [_detach(e) for e in s.exec(q)]
 
     def newest(self, run_id: int, *, status: Sequence[ExperimentStatus] | None = None,
-               kind: str | None = None, has_commit: bool = False) -> Experiment | None:
+               kind: ExperimentKind | None = None, has_commit: bool = False) -> Experiment | None:
         """The run's newest experiment among these (``experiments(..., newest_first=True,
         limit=1)``), found as the largest id: SQLite answers that from an index, where the
         newest-first read walks the run's rows one by one until one matches."""
@@ -387,7 +492,7 @@ class Store:
         older ones were left out. Two indexed reads whatever the history's length."""
         cols = (col(Experiment.id), col(Experiment.title), col(Experiment.status),
                 col(Experiment.delta), col(Experiment.reason))
-        mine = (col(Experiment.run_id) == run_id, col(Experiment.kind) == "candidate")
+        mine = (col(Experiment.run_id) == run_id, col(Experiment.kind) == ExperimentKind.candidate)
         with self._tx() as s:
             kept = s.execute(select_columns(*cols).where(*mine, col(Experiment.status) == S.kept)
                              ).all()
@@ -407,7 +512,7 @@ class Store:
         """
         with self._tx() as s:
             q = select(func.count()).select_from(Experiment).where(
-                Experiment.run_id == run_id, Experiment.kind == "candidate",
+                Experiment.run_id == run_id, Experiment.kind == ExperimentKind.candidate,
                 Experiment.status != ExperimentStatus.interrupted,
             )
             return int(s.exec(q).one())
@@ -421,14 +526,15 @@ class Store:
         return self._add(Measurement(experiment_id=experiment_id, **columns, **fields,
                                      metrics=metrics.model_dump_json()))
 
-    def restage(self, exp_id: int, roles: dict[str, str]) -> None:
-        """Rename an experiment's measurement roles (``{"candidate": "stale"}``): a candidate
-        ported onto a new champion keeps the evidence of its first measurement apart from its
-        own values."""
+    def restage(self, exp_id: int) -> None:
+        """Mark an experiment's measurements as made on a champion since replaced
+        (``MeasurementRole.staled``): a candidate ported onto a new champion keeps the evidence
+        of its first measurement apart from its own values."""
         with self._tx() as s:
             for row in s.exec(select(Measurement).where(Measurement.experiment_id == exp_id)):
-                if row.role in roles:
-                    row.role = roles[row.role]
+                staled = MeasurementRole(row.role).staled()
+                if staled != row.role:
+                    row.role = staled
                     s.add(row)
 
     def duplicate_of(self, run_id: int, fingerprint: str) -> Experiment | None:
@@ -438,13 +544,13 @@ class Store:
             q = select(Experiment).where(
                 Experiment.run_id == run_id, Experiment.fingerprint == fingerprint,
                 col(Experiment.status).not_in([S.rejected, S.interrupted]),
-                Experiment.kind != "replay").order_by(col(Experiment.id)).limit(1)
+                Experiment.kind != ExperimentKind.replay).order_by(col(Experiment.id)).limit(1)
             row = s.exec(q).first()
             return None if row is None else _detach(row)
 
-    def measurements(self, exp_id: int, role: str | None = None) -> list[Measurement]:
-        """An experiment's measurements in order; ``role`` keeps only "candidate" or
-        "champion" ones."""
+    def measurements(self, exp_id: int, role: MeasurementRole | None = None
+                     ) -> list[Measurement]:
+        """An experiment's measurements in order; ``role``: only those of that role."""
         with self._tx() as s:
             q = select(Measurement).where(Measurement.experiment_id == exp_id)
             if role is not None:

@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -40,6 +41,20 @@ _IDENTITY = {f"GIT_{who}_{what.upper()}": getattr(_AUTHOR, what)
 
 class WorkspaceError(AutoresearchError):
     pass
+
+
+class ApplyConflict(WorkspaceError):
+    """A stored diff that does not apply onto a base, even three-way."""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A change committed onto a base in an experiment's worktree."""
+
+    commit: str
+    diff: str  # the commit against its base
+    files: dict[str, str]  # the editable files as committed
+    wt: Path
 
 
 def bundled(name: str) -> Path:
@@ -257,6 +272,25 @@ class Workspace:
     def format_patch(self, commit: str) -> str:
         return str(self.repo.git.format_patch("-1", "--stdout", commit))
 
+    def apply_files(self, exp_id: int, base: str, change: dict[str, str] | str, *,
+                    message: str, branch: str | None = None,
+                    check: Callable[[dict[str, str]], None] | None = None) -> Applied:
+        """Commit a change onto ``base`` in experiment ``exp_id``'s worktree (on ``branch``, or
+        detached) and pin it: ``change`` is the editable files' new text, or a stored diff
+        (applied three-way; ApplyConflict when it does not apply). ``check`` sees the files
+        before anything is committed and may raise to refuse them."""
+        wt = self.create_worktree(exp_id, base, branch=branch)
+        if isinstance(change, str):
+            self.apply_diff(wt, change)
+            files = {p: (wt / p).read_text(encoding="utf-8") for p in self.editable}
+        else:
+            files = change
+        if check is not None:
+            check(files)
+        commit, diff = self.commit_files(wt, files, message)
+        self.pin(exp_id, commit)
+        return Applied(commit, diff, files, wt)
+
     @_locked
     def apply_diff(self, wt: Path, diff: str) -> None:
         """Apply a stored diff in worktree ``wt`` (3-way, so it also lands on a moved champion)."""
@@ -266,7 +300,7 @@ class Workspace:
             git.Git(wt).apply("--3way", "--whitespace=nowarn", str(patch))
         except git.GitCommandError as e:
             msg = (e.stderr or str(e)).strip().splitlines()
-            raise UsageError(f"the diff does not apply: {msg[-1] if msg else e}") from e
+            raise ApplyConflict(f"the diff does not apply: {msg[-1] if msg else e}") from e
 
     def _prune(self) -> None:
         """``git worktree prune``, run only when it has something to clear: an entry for a

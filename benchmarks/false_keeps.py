@@ -55,7 +55,7 @@ from rich.console import Console
 
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
-from autoresearch.loop import begin
+from autoresearch.loop import start
 from autoresearch.models import ExperimentStatus, RunStatus
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Store
@@ -167,7 +167,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
     errors = Console(stderr=True, quiet=args.quiet)
     t0 = time.monotonic()
     with CpuLoad() as load:
-        loop = begin(settings, store, Workspace(ws_dir), MockAgent(script),
+        loop = start(settings, store, Workspace(ws_dir), MockAgent(script),
                      Progress(errors, load, scenario), args.experiments)
         run = loop.execute()
     seconds = time.monotonic() - t0

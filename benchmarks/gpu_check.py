@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -236,18 +235,10 @@ def step_warm_slot(c: Check) -> str:
             "starts each process as a new Python (subprocess), never as a fork of a server")
 
 
-def _moved(attr: str, *modules: str) -> Any:
-    """``attr`` from the first of ``modules`` that has it (the backends are moving into
-    autoresearch/backends/; this check works before and after)."""
-    for name in modules:
-        with contextlib.suppress(ImportError, AttributeError):
-            return getattr(importlib.import_module(name), attr)
-    raise StepFailed(f"none of {', '.join(modules)} has {attr}")
-
-
 def _worker(gpu: str, name: str, folder: Path) -> Any:
-    worker = _moved("LocalWorker", "autoresearch.backends.local", "autoresearch.jobs")
-    return worker(name, folder, gpu=gpu)
+    from autoresearch.backends.local import LocalWorker
+
+    return LocalWorker(name, folder, gpu=gpu)
 
 
 def _side_by_side(c: Check, gpus: list[str], tag: str) -> list[tuple[runner.Job, Metrics]]:
@@ -347,8 +338,8 @@ def _no_ray_address() -> Iterator[None]:
 
 def step_ray(c: Check) -> str:
     assert c.probe is not None
-    ray_workers = _moved("ray_workers", "autoresearch.backends.ray",
-                         "autoresearch.ray_backend")
+    from autoresearch.backends.ray import ray_workers
+
     with _no_ray_address():
         workers = ray_workers(None, 1, device="cuda", threads=None, folder=c.work / "ray")
         try:

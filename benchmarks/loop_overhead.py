@@ -28,8 +28,8 @@ from rich.console import Console
 from autoresearch import curves as curves_mod
 from autoresearch import loop as loop_mod
 from autoresearch.agents.mock import MockAgent
+from autoresearch.backends import LocalWorker
 from autoresearch.config import Settings
-from autoresearch.jobs import LocalWorker
 from autoresearch.loop import ActiveRun
 from autoresearch.loop import context as context_mod
 from autoresearch.models import Context, ExperimentStatus, HistoryItem, Stats
@@ -134,7 +134,7 @@ def bench(size: int, experiments: int, tmp: Path) -> tuple[float, float, float]:
     store = Store(settings.db_path)
     ws = Workspace(ws_dir)
     worker = Closing(LocalWorker("w0", ws.experiments_dir))  # adds up its jobs' seconds
-    lp = loop_mod.begin(settings, store, ws, MockAgent(script),
+    lp = loop_mod.start(settings, store, ws, MockAgent(script),
                         Quiet(None, Console(quiet=True)), size, workers=[worker])
     fill_history(store, lp.active.id, size)
     lp.execute()  # the baseline; the filled history already spends the budget

@@ -36,10 +36,10 @@ from typing import Any
 
 from rich.console import Console
 
+from autoresearch import loop as loop_mod
 from autoresearch.agents.mock import MockAgent
+from autoresearch.backends import Job, Worker, cpu_cores, local_workers
 from autoresearch.config import Settings
-from autoresearch.jobs import Job, Worker, cpu_cores, local_workers
-from autoresearch.loop import begin
 from autoresearch.metrics import Metrics
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Experiment, Store
@@ -70,6 +70,13 @@ class Timed:
         """Seconds spent measuring, in all."""
         with self.lock:
             return sum(b - a for a, b in self.busy)
+
+    @property
+    def shares_host_cores(self) -> bool:
+        return self.inner.shares_host_cores
+
+    def cancel(self) -> None:
+        self.inner.cancel()
 
     def close(self) -> None:
         self.inner.close()
@@ -127,8 +134,8 @@ def run(label: str, tmp: Path, args: argparse.Namespace, workers: int, pipeline:
                            else list(local_workers(ws.experiments_dir, "cpu", workers, None)))
     pool = [Timed(w) for w in inner]
     reporter = Marks(Console(stderr=True, quiet=args.quiet))
-    loop = begin(settings, store, ws, MockAgent(script, latency=args.latency), reporter,
-                 args.experiments, workers=list(pool))
+    loop = loop_mod.start(settings, store, ws, MockAgent(script, latency=args.latency),
+                          reporter, args.experiments, workers=list(pool))
     loop.execute()
     end = time.monotonic()
     start = reporter.baseline_done or end
@@ -159,7 +166,7 @@ def main() -> None:
         if args.backend == "ray":
             from ray_overhead import local_head  # benchmarks/
 
-            from autoresearch.ray_backend import ray_workers
+            from autoresearch.backends.ray import ray_workers
 
             with local_head() as address:
                 results.append(run("2 workers, pipelined, ray", tmp, args, 2, True,

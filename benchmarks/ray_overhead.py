@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from autoresearch import data, runner
-from autoresearch.jobs import Job, LocalWorker
+from autoresearch.backends import Job, LocalWorker
 from autoresearch.metrics import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,7 +102,7 @@ def local_head(cpus: int = 2, cache: Path | None = None) -> Iterator[str]:
 
 
 def main() -> None:
-    from autoresearch.ray_backend import ray_workers
+    from autoresearch.backends.ray import ray_workers
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=4, help="jobs per way (the first is warm-up)")

@@ -1,7 +1,9 @@
-"""Shared fixtures: a small generated dataset and a tiny, fast training source."""
+"""Shared fixtures and helpers: a small generated dataset, a tiny fast training source, a
+workspace for loop tests, the CLI invoked in-process, and waiting on a condition."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -11,13 +13,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from autoresearch import data
 from autoresearch.metrics import Budget
+from autoresearch.workspace import init_workspace
 
 if TYPE_CHECKING:
     from autoresearch.harness.train import Run
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SOURCES = Path(__file__).parent / "sources"
+LOOP_SOURCE = Path(__file__).parent / "loop_source" / "train.py"  # the loop tests' baseline
 WORDS = [
     "the", "a", "one", "two", "three", "red", "green", "blue", "small", "large", "quick",
     "slow", "cat", "dog", "bird", "fish", "tree", "river", "stone", "house", "runs", "jumps",
@@ -118,3 +123,41 @@ def hello_run(channel: socket.socket, budget: Budget, seed: int = 0) -> Run:
 
     send(channel, {"op": "hello"})
     return Run(channel, device="cpu", seed=seed, vocab_size=256, seq_len=16, budget=budget)
+
+
+def loop_workspace(tmp: Path, source: str | None = None) -> Path:
+    """tmp/ws: a workspace whose baseline is the loop tests' source (or ``source``), beside a
+    bigram corpus at tmp/corpus.txt."""
+    ws = tmp / "ws"
+    init_workspace(ws)
+    text = source if source is not None else LOOP_SOURCE.read_text(encoding="utf-8")
+    (ws / "baseline" / "train.py").write_text(text, encoding="utf-8")
+    bigram_corpus(tmp / "corpus.txt")
+    return ws
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    """Exit code and stdout+stderr of one CLI call, in this process."""
+    from autoresearch.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def invoke_json(*args: str) -> Any:
+    """The JSON a CLI call prints with --json (it must succeed)."""
+    from autoresearch.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float = 120.0) -> object:
+    """Poll ``check`` until it is true (its value is returned), or fail saying ``what``."""
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.05)
+    return got

@@ -21,30 +21,29 @@ Agent timeout, retries and backoff are set through the environment
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bigram_corpus as corpus
+from conftest import LOOP_SOURCE, loop_workspace, wait_for
+from conftest import invoke as cli
+from conftest import invoke_json as cli_json
 from fake_llm_server import ANTHROPIC_PATH, OPENAI_PATH, FakeLLMServer, Request
-from typer.testing import CliRunner
 
 from autoresearch import edits
 from autoresearch.agents.llm import KEY_VARS
 from autoresearch.agents.pricing import PRICES
-from autoresearch.cli import app
 from autoresearch.store import AgentCall, Store
-from autoresearch.workspace import init_workspace
 
 pytestmark = pytest.mark.slow
 
-HERE = Path(__file__).parent
-LOOP_SOURCE = HERE / "loop_source" / "train.py"
 BASELINE = LOOP_SOURCE.read_text(encoding="utf-8")
 TOKENS = "4096"  # the smallest useful budget: the cost of a measurement is process start-up
 PROVIDERS = ["anthropic", "openai"]
@@ -103,15 +102,12 @@ CAP = {p: round(1.25 * c, 6) for p, c in EXP4_COST.items()}
 
 
 def invoke(ws: Path, *args: str) -> tuple[int, str]:
-    """Exit code and stdout+stderr of one CLI call."""
-    result = CliRunner().invoke(app, ["--workspace", str(ws), *args])
-    return result.exit_code, result.output
+    """Exit code and stdout+stderr of one CLI call in workspace ``ws``."""
+    return cli("--workspace", str(ws), *args)
 
 
 def invoke_json(ws: Path, *args: str) -> Any:
-    result = CliRunner().invoke(app, ["--workspace", str(ws), *args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    return cli_json("--workspace", str(ws), *args)
 
 
 def base_url(provider: str, server: FakeLLMServer) -> str:
@@ -125,11 +121,7 @@ def sent_key(request: Request) -> str:
 
 
 def make_workspace(root: Path) -> Path:
-    ws = root / "ws"
-    init_workspace(ws)
-    shutil.copy(LOOP_SOURCE, ws / "baseline" / "train.py")
-    corpus(root / "corpus.txt")
-    return ws
+    return loop_workspace(root)
 
 
 def loop_args(ws: Path, provider: str, server: FakeLLMServer, model: str, *extra: str) -> list[str]:
@@ -448,3 +440,40 @@ def test_unknown_model_costs_none_and_reports_say_unknown(
     assert code == 0 and out.rstrip().endswith(" ?"), out  # the cost column of the last row
     (run,) = invoke_json(ws, "runs")
     assert run["cost_usd"] == 0.0 and run["calls_with_unknown_cost"] == 1
+
+
+# -- Ctrl-C while the agent thinks ------------------------------------------------------------
+
+
+def test_ctrl_c_ends_an_agent_call_in_flight_and_records_it(tmp_path: Path) -> None:
+    ws = make_workspace(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")} | {
+        "AUTORESEARCH_CACHE": str(tmp_path / "cache"), KEY_VARS["openai"]: "sk-test",
+        "AUTORESEARCH_AGENT_TIMEOUT": "300", "AUTORESEARCH_AGENT_RETRIES": "0"}
+    with FakeLLMServer() as server:
+        server.reply(GOOD, input_tokens=10, output_tokens=1, delay=120)  # two minutes away
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autoresearch", "--workspace", str(ws),
+             *loop_args(ws, "openai", server, MODELS["openai"], "--budget", "1")],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def asking() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
+            return server.in_flight > 0
+
+        try:
+            wait_for("the agent call to be in flight", asking, 240)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+            took = time.monotonic() - t0
+        finally:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    assert took < 30  # the call was ended, not waited for
+    store = Store(ws / "results.db")
+    assert store.runs()[0].state.value == "stopped"
+    (call,) = store.calls(run_id=1)
+    assert call.error == "cancelled: the loop is stopping"
+    assert [e.kind for e in store.experiments()] == ["baseline"]  # the call never answered

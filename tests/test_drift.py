@@ -21,8 +21,8 @@ from autoresearch import speed
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.decide import Reproduction
-from autoresearch.loop import begin
-from autoresearch.loop.replay import machine_note
+from autoresearch.loop import start
+from autoresearch.loop.drift import machine_note
 from autoresearch.metrics import Metrics
 from autoresearch.models import ExperimentStatus as ES
 from autoresearch.models import RunStatus
@@ -73,7 +73,7 @@ def run_loop(tmp: Path, budget: dict[str, Any]) -> tuple[Store, LoadedBaseline, 
     store = Store(settings.db_path)
     with CpuLoad() as load:
         reporter = LoadedBaseline(load)
-        loop = begin(settings, store, Workspace(ws), MockAgent(script), reporter, 2)
+        loop = start(settings, store, Workspace(ws), MockAgent(script), reporter, 2)
         load.start()
         run = loop.execute()
     assert run.id is not None
@@ -165,7 +165,7 @@ def test_a_champion_that_fails_its_re_measurement_leaves_the_candidate_discarded
                                      device="cpu", dataset=str(bigram_corpus(tmp_path / "c.txt")),
                                      repairs=0, time_budget=1.0))
     store = Store(settings.db_path)
-    loop = begin(settings, store, Workspace(ws), MockAgent(script),
+    loop = start(settings, store, Workspace(ws), MockAgent(script),
                  PlainReporter(None, Console(quiet=True)), 1)
     run = loop.execute()
     exp = next(e for e in store.experiments(run_id=run.id) if e.kind == "candidate")

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import git
 import pytest
-from conftest import bigram_corpus as corpus
-from typer.testing import CliRunner
+from conftest import invoke, invoke_json, loop_workspace, wait_for
 
-from autoresearch.cli import app
 from autoresearch.models import ExperimentStatus as ES
 from autoresearch.store import Store
-from autoresearch.workspace import init_workspace
 
-HERE = Path(__file__).parent
-LOOP_SOURCE = HERE / "loop_source" / "train.py"
 TOKENS = "12000"
 
 RAISE_LR = {"title": "Raise the learning rate", "rationale": "1e-5 learns nothing",
@@ -43,11 +36,7 @@ MISSING = {"title": "Edit a line that is not there", "rationale": "",
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
-    root = tmp_path / "ws"
-    init_workspace(root)
-    shutil.copy(LOOP_SOURCE, root / "baseline" / "train.py")
-    corpus(tmp_path / "corpus.txt")
-    return root
+    return loop_workspace(tmp_path)
 
 
 def script(path: Path, entries: list[dict[str, object]]) -> Path:
@@ -59,18 +48,6 @@ def loop_args(ws: Path, *extra: str) -> list[str]:
     return ["--workspace", str(ws), "loop", "--agent", "mock", "--token-budget", TOKENS,
             "--seeds", "2", "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
             "--repairs", "1", *extra]
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    """Exit code and stdout+stderr of one CLI call."""
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
-def invoke_json(*args: str) -> object:
-    result = CliRunner().invoke(app, [*args, "--json"])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
 
 
 def history(ws: Path) -> list[dict[str, object]]:
@@ -117,6 +94,7 @@ def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws
     assert [c.attempt for c in store.calls(experiment_id=int(str(rejected["id"])))] == [0, 1]
 
 
+@pytest.mark.slow  # two loops' worth of training
 def test_replay_reproduces_a_token_budget_result_exactly(ws: Path) -> None:
     s = script(ws.parent / "s.jsonl", [RAISE_LR])
     assert invoke(*loop_args(ws, "--budget", "1", "--script", str(s)))[0] == 0
@@ -127,15 +105,7 @@ def test_replay_reproduces_a_token_budget_result_exactly(ws: Path) -> None:
     assert result["reproduces"] is True
 
 
-def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
+@pytest.mark.slow  # a killed loop and its resumption, each training for real
 def test_a_loop_killed_mid_experiment_resumes_with_nothing_lost_or_doubled(ws: Path) -> None:
     s = script(ws.parent / "s.jsonl", [RAISE_LR, LOWER_LR])
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -152,7 +122,7 @@ def test_a_loop_killed_mid_experiment_resumes_with_nothing_lost_or_doubled(ws: P
         exps = Store(db).experiments()
         return any(e.kind == "candidate" and e.status == ES.running for e in exps)
 
-    _wait_for(candidate_running, "a candidate to start training")
+    wait_for("a candidate to start training", candidate_running)
     # readers work while the loop writes
     code, out = invoke("--workspace", str(ws), "history")
     assert code == 0 and "running" in out
@@ -213,7 +183,7 @@ def test_ctrl_c_records_what_was_in_flight_and_the_run_resumes(ws: Path) -> None
             raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
         return db.exists() and any(e.status == ES.running for e in Store(db).experiments())
 
-    _wait_for(training, "an experiment to start training")
+    wait_for("an experiment to start training", training)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err.decode()

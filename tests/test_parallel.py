@@ -1,6 +1,6 @@
 """Parallel research: workers, pipelined proposals, a moving champion, duplicates, resume.
 
-The scheduling tests give the loop fake workers (autoresearch.jobs.Worker) whose val_bpb is a
+The scheduling tests give the loop fake workers (autoresearch.backends.Worker) whose val_bpb is a
 function of the code they are handed, and which can be held until another experiment is
 decided: the order of events is then exact, and each test takes a second. The end-to-end
 tests run the real CLI with two real local workers (real training processes, one thread each
@@ -12,40 +12,37 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import bigram_corpus
+from conftest import LOOP_SOURCE, invoke, loop_workspace, wait_for
 from fake_llm_server import FakeLLMServer
 from rich.console import Console
 from typer.testing import CliRunner
 
 from autoresearch.agents.llm import OpenAIAgent
 from autoresearch.agents.mock import MockAgent
+from autoresearch.backends import Job, cpu_cores, local_workers
 from autoresearch.cli import app
 from autoresearch.config import Settings
 from autoresearch.integrity import child_env
-from autoresearch.jobs import Job, cpu_cores, local_workers
-from autoresearch.loop import LoopStopped, begin
+from autoresearch.loop import LoopStopped, start
 from autoresearch.metrics import Metrics
 from autoresearch.models import Context, RunStatus
 from autoresearch.models import ExperimentStatus as ES
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Experiment, Store
-from autoresearch.workspace import Workspace, init_workspace
+from autoresearch.workspace import Workspace
 
-HERE = Path(__file__).parent
-LOOP_SOURCE = (HERE / "loop_source" / "train.py").read_text(encoding="utf-8")
 # two knobs the fake workers read: each setting below is worth this much val_bpb
 # (far apart: git's three-way merge takes changes to adjacent lines as a conflict)
-SOURCE = LOOP_SOURCE.replace("BATCH_SIZE = 8\n", "BATCH_SIZE = 8\nKNOB_A = 0\n") + "\nKNOB_B = 0\n"
+BASELINE = LOOP_SOURCE.read_text(encoding="utf-8")
+SOURCE = BASELINE.replace("BATCH_SIZE = 8\n", "BATCH_SIZE = 8\nKNOB_A = 0\n") + "\nKNOB_B = 0\n"
 WORTH = {"KNOB_A = 1": -0.5, "KNOB_A = 2": -0.4, "KNOB_A = 5": +0.5, "KNOB_B = 1": -0.3}
 
 
@@ -87,6 +84,11 @@ class FakeWorker:
         m.write(job.out_dir / "metrics.json")
         return m
 
+    shares_host_cores = True  # it stands for a local worker on the CPU cores
+
+    def cancel(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -118,11 +120,7 @@ class Recording(MockAgent):
 
 
 def workspace(tmp: Path) -> Path:
-    ws = tmp / "ws"
-    init_workspace(ws)
-    (ws / "baseline" / "train.py").write_text(SOURCE, encoding="utf-8")
-    bigram_corpus(tmp / "corpus.txt")
-    return ws
+    return loop_workspace(tmp, SOURCE)
 
 
 def settings(ws: Path, **extra: Any) -> Settings:
@@ -156,7 +154,7 @@ def test_a_winner_on_a_stale_champion_is_measured_again_on_the_new_one_before_it
     workers = [FakeWorker("w0", holds), FakeWorker("w1", holds)]
     s = settings(ws)
     store = Store(s.db_path)
-    loop = begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A1, B1])), events,
+    loop = start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A1, B1])), events,
                  2, workers=workers)
     run = loop.execute()
     exps = candidates(store)
@@ -190,7 +188,7 @@ def test_a_winner_that_does_not_port_onto_the_new_champion_ends_superseded(
     # A to 2 edits A's line too: the three-way apply conflicts; the agent is asked once to
     # port it, and its answer (the script's third entry) does not apply either
     agent = Recording(write_script(tmp_path, [A1, A2, MISSING]))
-    run = begin(s, store, Workspace(ws), agent, events, 2, workers=workers).execute()
+    run = start(s, store, Workspace(ws), agent, events, 2, workers=workers).execute()
     a, a2 = candidates(store)["A to 1"], candidates(store)["A to 2"]
     assert a.status == ES.kept and a2.status == ES.superseded
     assert f"could not be ported onto #{a.id}" in a2.reason
@@ -210,7 +208,7 @@ def test_a_duplicate_is_refused_before_training_and_the_agent_is_told(tmp_path: 
     # the same losing change twice (the second while the first is in flight or done), then
     # the agent's answer to being told so
     agent = Recording(write_script(tmp_path, [A5, A5, B1]))
-    begin(s, store, Workspace(ws), agent, Events(), 2, workers=workers).execute()
+    start(s, store, Workspace(ws), agent, Events(), 2, workers=workers).execute()
     exps = store.experiments(kind="candidate")
     assert len(exps) == 2
     # whichever claimed the code first was measured; the other was told it duplicates it,
@@ -231,7 +229,7 @@ def test_a_duplicate_that_is_not_repaired_is_rejected_with_the_id_it_duplicates(
     s = settings(ws)
     store = Store(s.db_path)
     worker = FakeWorker("w0")
-    begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5, A5])), Events(), 2,
+    start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5, A5])), Events(), 2,
           workers=[worker]).execute()
     first, second = store.experiments(kind="candidate")
     assert second.status == ES.rejected
@@ -253,7 +251,7 @@ def test_the_cost_cap_holds_with_agent_calls_in_flight_together(
         store = Store(s.db_path)
         agent = OpenAIAgent("fake-model", base_url=server.openai_url, max_retries=0,
                             prices={"fake-model": (1e6, 0.0)})  # $1 an input token
-        loop = begin(s, store, Workspace(ws), agent, Events(), 10,
+        loop = start(s, store, Workspace(ws), agent, Events(), 10,
                      workers=[FakeWorker("w0"), FakeWorker("w1")])
         with pytest.raises(LoopStopped, match="cost cap reached"):
             loop.execute()
@@ -267,11 +265,6 @@ def test_the_cost_cap_holds_with_agent_calls_in_flight_together(
 
 
 # -- the real CLI with two local workers --------------------------------------------------------
-def cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    return result.exit_code, result.output
-
-
 def loop_args(ws: Path, *extra: str) -> list[str]:
     return ["--workspace", str(ws), "loop", "--agent", "mock", "--token-budget", "4096",
             "--seeds", "2", "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
@@ -280,16 +273,13 @@ def loop_args(ws: Path, *extra: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_workers_finish_the_budget_exactly_and_run_no_slot_twice(tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    init_workspace(ws)
-    shutil.copy(HERE / "loop_source" / "train.py", ws / "baseline" / "train.py")
-    bigram_corpus(tmp_path / "corpus.txt")
+    ws = loop_workspace(tmp_path)
     knobs = [("LEARNING_RATE = 1e-5", "LEARNING_RATE = 3e-2"),
              ("BATCH_SIZE = 8", "BATCH_SIZE = 16"), ("SEQ_LEN = 32", "SEQ_LEN = 16"),
              ("LEARNING_RATE = 1e-5", "LEARNING_RATE = 1e-2")]
     entries = [change(f"{new}", old, new) for old, new in knobs]
     script = write_script(tmp_path, entries)
-    code, out = cli(*loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script)))
+    code, out = invoke(*loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script)))
     assert code == 0, out
     assert "2 workers (w0, w1)" in out
     store = Store(ws / "results.db")
@@ -303,23 +293,20 @@ def test_two_workers_finish_the_budget_exactly_and_run_no_slot_twice(tmp_path: P
     # no measurement was made twice: one per (experiment, role, seed)
     keys = [(m.experiment_id, m.role, m.seed) for m in ms]
     assert len(keys) == len(set(keys))
-    code, out = cli("--workspace", str(ws), "runs")
+    code, out = invoke("--workspace", str(ws), "runs")
     assert code == 0 and "w0, w1" in out
     measured = next(e for e in exps if store.measurements(e.id))  # type: ignore[arg-type]
-    code, out = cli("--workspace", str(ws), "show", str(measured.id))
+    code, out = invoke("--workspace", str(ws), "show", str(measured.id))
     assert code == 0 and " on w" in out and "1 thread" in out
 
 
 @pytest.mark.slow
 def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_nothing(
         tmp_path: Path) -> None:
-    ws = tmp_path / "ws"
-    init_workspace(ws)
-    shutil.copy(HERE / "loop_source" / "train.py", ws / "baseline" / "train.py")
-    bigram_corpus(tmp_path / "corpus.txt")
+    ws = loop_workspace(tmp_path)
     # whole-file proposals: each applies to whatever the champion is by then
     entries = [{"title": f"lr {i}e-4", "rationale": "", "edits": [{"path": "train.py",
-                "content": LOOP_SOURCE.replace("LEARNING_RATE = 1e-5", f"LEARNING_RATE = {i}e-4")}]}
+                "content": BASELINE.replace("LEARNING_RATE = 1e-5", f"LEARNING_RATE = {i}e-4")}]}
                for i in range(1, 9)]
     script = write_script(tmp_path, entries)
     args = loop_args(ws, "--budget", "4", "--workers", "2", "--script", str(script))
@@ -341,14 +328,11 @@ def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_no
         finally:
             store.close()
 
-    deadline = time.monotonic() + 240
-    while not two_training():
-        assert time.monotonic() < deadline, "two experiments never trained at once"
-        time.sleep(0.05)
+    wait_for("two experiments to train at once", two_training, 240)
     os.killpg(proc.pid, signal.SIGKILL)  # the loop and everything in its session
     proc.wait()
 
-    code, out = cli(*loop_args(ws, "--resume", "--token-budget", "60000"))
+    code, out = invoke(*loop_args(ws, "--resume", "--token-budget", "60000"))
     assert code == 0, out
     store = Store(db)
     exps = store.experiments(kind="candidate")
@@ -377,7 +361,7 @@ def test_sigkill_with_two_experiments_in_flight_then_resume_loses_and_doubles_no
 def test_bad_worker_settings_are_one_line_exit_2_and_record_nothing(
         tmp_path: Path, extra: list[str], message: str) -> None:
     ws = workspace(tmp_path)
-    code, out = cli(*loop_args(ws, "--budget", "1", *extra))
+    code, out = invoke(*loop_args(ws, "--budget", "1", *extra))
     assert code == 2, out
     assert message in out and "Traceback" not in out
     assert len([line for line in out.splitlines() if line.strip()]) == 1, out
@@ -401,7 +385,7 @@ def test_a_time_budget_baseline_on_shared_cores_keeps_every_worker_busy(tmp_path
     ws = workspace(tmp_path)
     s = settings(ws, token_budget=None, time_budget=1.0, seeds=3)
     store = Store(s.db_path)
-    run = begin(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5])), Events(), 1,
+    run = start(s, store, Workspace(ws), MockAgent(write_script(tmp_path, [A5])), Events(), 1,
                 workers=[FakeWorker("w0"), FakeWorker("w1")]).execute()
     baseline = store.experiments(kind="baseline")[0]
     ms = store.measurements(baseline.id)  # type: ignore[arg-type]

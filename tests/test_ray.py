@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import SOURCES, generated_text
+from conftest import SOURCES, generated_text, wait_for
 
 from autoresearch import runner
+from autoresearch.backends import Job
+from autoresearch.backends.ray import RAY_SLACK, RayWorker, hard_deadline, ray_workers
 from autoresearch.data import PreparedData
 from autoresearch.errors import UsageError
-from autoresearch.jobs import Job
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import RunStatus
-from autoresearch.ray_backend import RAY_SLACK, RayWorker, hard_deadline, ray_workers
 from benchmarks.ray_overhead import free_port, local_head
 
 TOKENS = Budget(kind="tokens", amount=8 * 256 * 30)  # 30 steps of the tiny source
@@ -62,15 +62,6 @@ def _naming(text: str) -> Callable[[int], bool]:
     return lambda pid: text.encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
 
 
-def _wait_for(what: str, check: Callable[[], object], timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while not (got := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-    return got
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     """A Ray head on 127.0.0.1 with 2 CPUs, in a session of its own that is ended (every
@@ -90,7 +81,7 @@ def workers(head: Head, tmp_path_factory: pytest.TempPathFactory) -> Iterator[li
         for w in pool:
             w.close()
         # every job's processes (their command lines name the node's job folders) are gone
-        _wait_for("the jobs' processes to end", lambda: not _pids(_naming(str(head.cache))))
+        wait_for("the jobs' processes to end", lambda: not _pids(_naming(str(head.cache))))
 
 
 def _job(source: Path, data: PreparedData, out: Path, sha256: str | None = None) -> Job:
@@ -153,8 +144,8 @@ def test_a_hung_task_is_cancelled_at_its_deadline(
     assert 5.0 <= took < 5.0 + 60.0
     assert "[ray] timeout: cancelled" in (tmp_path / "out" / "run.log").read_text()
     _, pid = started.get_nowait()
-    _wait_for("the cancelled task's worker to end", lambda: not _pids(lambda p: p == pid))
-    _wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
+    wait_for("the cancelled task's worker to end", lambda: not _pids(lambda p: p == pid))
+    wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
 
 
 @pytest.mark.slow  # a real Ray head
@@ -169,10 +160,10 @@ def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
     node, pid = started.get(timeout=120)
     try:
         # mid-train(): the training process (its pid names its group) and its child
-        pid_file = _wait_for("the training process", lambda: next(
+        pid_file = wait_for("the training process", lambda: next(
             (head.cache / "ray" / "jobs").glob(f"*/out/{runner.PID_FILE}"), None), 120)
         group = int(Path(str(pid_file)).read_text())
-        _wait_for("train() to start its child", lambda: len(_pids(_in_group(group))) >= 2, 120)
+        wait_for("train() to start its child", lambda: len(_pids(_in_group(group))) >= 2, 120)
     finally:
         worker.on_start = None
         os.kill(pid, signal.SIGKILL)  # also when a wait above failed: the job must end
@@ -182,8 +173,8 @@ def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
     assert m.error is not None and m.error.startswith(f"ray node {node} died: ")
     assert m.worker == f"ray {node}"
     # the reaper ended the training process group, child included, and removed the job folder
-    _wait_for("the job's process group to end", lambda: not _pids(_in_group(group)))
-    _wait_for("the job's folder to go", lambda: not any((head.cache / "ray" / "jobs").iterdir()))
+    wait_for("the job's process group to end", lambda: not _pids(_in_group(group)))
+    wait_for("the job's folder to go", lambda: not any((head.cache / "ray" / "jobs").iterdir()))
 
     # the same worker's next job runs on the node as it would here, and its files come back
     out = tmp_path / "again"
@@ -301,3 +292,55 @@ def test_a_real_loop_of_three_experiments_runs_on_the_cluster(head: Head, tmp_pa
     # measured on the node exactly as here: in the same OS sandbox
     assert {Metrics.model_validate_json(x.metrics).sandbox for x in ms} == {
         runner.sandbox_state(True)}
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_ray_job_in_flight_and_records_it_interrupted(
+        head: Head, tmp_path: Path) -> None:
+    import json
+    import subprocess
+
+    from autoresearch.models import ExperimentStatus as ES
+    from autoresearch.store import Store
+    from autoresearch.workspace import init_workspace
+
+    ws = tmp_path / "ws"
+    init_workspace(ws)
+    source = (Path(__file__).parent / "loop_source" / "train.py").read_text(encoding="utf-8")
+    (ws / "baseline" / "train.py").write_text(source, encoding="utf-8")
+    (tmp_path / "corpus.txt").write_text(generated_text(60_000), encoding="utf-8")
+    script = tmp_path / "script.json"  # a candidate that trains until it is stopped
+    script.write_text(json.dumps([{"title": "hang", "rationale": "", "edits": [
+        {"path": "train.py", "content": SLEEPER}]}]), encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_")}
+    env["AUTORESEARCH_CACHE"] = str(tmp_path / "cache")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "loop", "--agent", "mock",
+         "--script", str(script), "--budget", "1", "--token-budget", "4096", "--seeds", "1",
+         "--device", "cpu", "--dataset", str(tmp_path / "corpus.txt"), "--backend", "ray",
+         "--ray-address", head.address], env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    db = ws / "results.db"
+
+    def hanging_on_the_node() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"loop ended early: {proc.stderr.read().decode()[-2000:]}")
+        running = db.exists() and any(e.kind == "candidate" and e.status == ES.running
+                                      for e in Store(db).experiments())
+        return running and any((head.cache / "ray" / "jobs").glob(f"*/out/{runner.PID_FILE}"))
+
+    try:
+        wait_for("the candidate's job to train on the node", hanging_on_the_node, 240)
+        proc.send_signal(signal.SIGINT)
+        # the job is cancelled at once, not waited for (its hard deadline is minutes away)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err.decode()[-3000:]
+    store = Store(db)
+    assert store.runs()[0].state.value == "stopped"
+    (cand,) = store.experiments(kind="candidate")
+    assert cand.status == ES.interrupted and cand.reason == "interrupted by the user"
+    # nothing of the job outlived the loop on the node
+    wait_for("the job's processes to end", lambda: not _pids(_naming(str(head.cache))))
+    wait_for("the job's folder to go", lambda: not any((head.cache / "ray" / "jobs").iterdir()))

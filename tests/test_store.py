@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from autoresearch.decide import Reproduction
 from autoresearch.errors import StoreError
+from autoresearch.metrics import Metrics
+from autoresearch.models import ExperimentKind, MeasurementRole, RunState, RunStatus
 from autoresearch.models import ExperimentStatus as ES
-from autoresearch.models import RunState
-from autoresearch.store import IllegalTransition, Store
+from autoresearch.store import (
+    BaselineNoise,
+    IllegalTransition,
+    Judged,
+    Replayed,
+    StaleWin,
+    Store,
+    Superseded,
+    read_decision,
+)
 
 
 @pytest.fixture(params=["memory", "file"])
@@ -119,3 +131,59 @@ def test_a_finished_experiment_cannot_be_updated(store: Store) -> None:
     with pytest.raises(IllegalTransition):
         store.update_experiment(exp.id, title="rewritten")  # type: ignore[arg-type]
     assert store.get_experiment(exp.id).title == "t"  # type: ignore[arg-type,union-attr]
+
+
+def test_rows_an_older_version_wrote_read_as_typed_kinds_roles_and_decisions(
+        tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    store = Store(path)
+    run_id = _run(store)
+    ids = {k: store.add_experiment(run_id=run_id, kind=k, title=k).id for k in ExperimentKind}
+    superseded = store.add_experiment(run_id=run_id, title="superseded").id
+    cand = ids[ExperimentKind.candidate]
+    assert cand is not None
+    store.add_measurement(cand, Metrics(status=RunStatus.ok, seed=0), role=MeasurementRole.champion)
+    store.close()
+    old = {  # the four shapes of the decision column before it was one tagged record
+        ids[ExperimentKind.baseline]: {"values": {"0": 3.2, "1": 3.25}, "noise_std": 0.03},
+        cand: {"verdict": "keep", "reason": "kept", "threshold": 0.01, "delta": -0.1,
+               "evidence": {"seeds": [0], "candidate": [3.1], "champion": [3.2]}},
+        ids[ExperimentKind.replay]: Reproduction(reproduces=True, reason="same").model_dump(),
+        superseded: {"stale": [{"champion": 1, "delta": -0.2, "reason": "won",
+                                "values": {"0": 3.0}}]},
+    }
+    with sqlite3.connect(path) as conn:  # written as plain strings, the way they were
+        for exp_id, decision in old.items():
+            conn.execute("UPDATE experiment SET decision = ? WHERE id = ?",
+                         (json.dumps(decision), exp_id))
+        conn.execute("UPDATE measurement SET role = 'stale-champion'")
+    conn.close()
+
+    store = Store(path)
+    exps = {e.id: e for e in store.experiments()}
+    assert [type(e.kind) for e in exps.values()] == [ExperimentKind] * 4
+    base = read_decision(exps[ids[ExperimentKind.baseline]])
+    assert isinstance(base, BaselineNoise) and base.values == {0: 3.2, 1: 3.25}
+    judged = read_decision(exps[cand])
+    assert isinstance(judged, Judged) and judged.verdict == "keep" and judged.stale == []
+    replayed = read_decision(exps[ids[ExperimentKind.replay]])
+    assert isinstance(replayed, Replayed) and replayed.reproduces
+    assert read_decision(exps[superseded]) == Superseded(
+        stale=[StaleWin(champion=1, delta=-0.2, reason="won", values={0: 3.0})])
+    (m,) = store.measurements(cand)
+    assert m.role is MeasurementRole.stale_champion
+    assert store.measurements(cand, role=MeasurementRole.stale_champion) == [m]
+    assert store.measurements(cand, role=MeasurementRole.champion) == []
+    # a decision written now carries its tag and reads back as written
+    new = store.add_experiment(run_id=run_id, title="new").id
+    assert new is not None
+    store.add_measurement(new, Metrics(status=RunStatus.ok, seed=0))
+    for to in (ES.applied, ES.running, ES.measured):
+        store.transition(new, to)
+    verdict = Judged(verdict="discard", reason="worse", delta=0.1,
+                     stale=[StaleWin(champion=1, delta=-0.2)])
+    row = store.transition(new, ES.discarded, decision=verdict)
+    assert json.loads(row.decision)["record"] == "judged"
+    assert read_decision(row) == verdict
+    store.restage(new)  # measured on a champion replaced meanwhile: its own values go stale
+    assert [m.role for m in store.measurements(new)] == [MeasurementRole.stale]

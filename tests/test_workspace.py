@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.errors import UsageError
-from autoresearch.workspace import Workspace, WorkspaceError, init_workspace
+from autoresearch.workspace import ApplyConflict, Workspace, WorkspaceError, init_workspace
 
 
 def test_init_creates_a_workspace_and_refuses_to_overwrite_user_changes(tmp_path: Path) -> None:
@@ -84,5 +84,5 @@ def test_a_stored_diff_applies_onto_a_moved_champion(tmp_path: Path) -> None:
     wt4 = ws.create_worktree(4, moved, branch=None)
     (wt4 / "train.py").write_text("nothing alike\n")
     ws.commit_files(wt4, {"train.py": "nothing alike\n"}, "other")
-    with pytest.raises(UsageError, match="does not apply"):
+    with pytest.raises(ApplyConflict, match="does not apply"):
         ws.apply_diff(wt4, diff)

@@ -40,5 +40,15 @@ class AgentExhausted(Exception):
 class Agent(Protocol):
     name: str
     model: str
+    # may be called again while a call is in flight (the loop still keeps the cost cap)
+    concurrent: bool
+    # its proposals were written in advance, one after the other: asked for one at a time
+    # (each sees the results of the ones before it), not while jobs train
+    scripted: bool
 
     def propose(self, context: Context) -> Answer: ...
+
+    def cancel(self) -> None:
+        """End the calls in flight, from another thread: each raises AgentFatal soon. Called
+        once, when the loop stops."""
+        ...

@@ -11,6 +11,7 @@ Keys come only from the environment (ANTHROPIC_API_KEY, OPENAI_API_KEY). A custo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -60,6 +61,10 @@ def _retry_after(exc: Exception) -> float | None:
         return None  # an HTTP date: ignore, use our own backoff
 
 
+class _Cancelled(Exception):
+    """The loop cancelled the call in flight."""
+
+
 class LLMAgent:
     """Shared logic: render prompts, call with retries, record every attempt."""
 
@@ -67,6 +72,7 @@ class LLMAgent:
     # the SDK clients are thread-safe and every call is independent: the loop may have
     # several in flight (one per worker) within the cost cap
     concurrent = True
+    scripted = False
 
     def __init__(
         self,
@@ -96,6 +102,7 @@ class LLMAgent:
         self._sleep = sleep
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._cancelled = threading.Event()
         self.api_key = self._api_key()
 
     def _api_key(self) -> str:
@@ -138,6 +145,44 @@ class LLMAgent:
                 self._client = self._make_client()
             return self._client
 
+    def _send_unless_cancelled(self, system: str, messages: list[dict[str, str]]
+                               ) -> tuple[str, Any, str]:
+        """``_send``, given up as soon as ``cancel`` is called: a blocked read cannot be woken
+        from another thread, so the request runs in a thread of its own, which ends with its
+        connection (closed by ``cancel``) or with the process."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def send() -> None:
+            try:
+                box["answer"] = self._send(system, messages)
+            except BaseException as e:
+                box["error"] = e
+            finally:
+                done.set()
+
+        threading.Thread(target=send, name=f"{self.name} call", daemon=True).start()
+        while not done.wait(0.1):
+            if self._cancelled.is_set():
+                raise _Cancelled
+        if "error" in box:
+            raise box["error"]
+        answer: tuple[str, Any, str] = box["answer"]
+        return answer
+
+    def cancel(self) -> None:
+        """End the calls in flight (their connections are closed) and refuse new ones."""
+        self._cancelled.set()
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def _stopped(self, calls: list[CallRecord]) -> AgentFatal:
+        return AgentFatal(f"{self.name} ({self.model}): the call was cancelled: the loop is "
+                          "stopping", calls)
+
     def propose(self, context: Context) -> Answer:
         directory = self.prompts_dir
         if directory is None or not directory.is_dir():
@@ -150,13 +195,22 @@ class LLMAgent:
         calls: list[CallRecord] = []
         attempts = self.max_retries + 1
         for attempt in range(attempts):
+            if self._cancelled.is_set():
+                raise self._stopped(calls)
             record = CallRecord(provider=self.name, model=self.model)
             calls.append(record)
             started = time.monotonic()
             try:
-                text, usage, model = self._send(system, messages)
+                text, usage, model = self._send_unless_cancelled(system, messages)
+            except _Cancelled:
+                record.latency_s = time.monotonic() - started
+                record.error = "cancelled: the loop is stopping"
+                raise self._stopped(calls) from None
             except self.error_types as exc:
                 record.latency_s = time.monotonic() - started
+                if self._cancelled.is_set():
+                    record.error = "cancelled: the loop is stopping"
+                    raise self._stopped(calls) from None
                 reason, delay = self._classify(exc)
                 record.error = reason
                 if isinstance(exc, self.status_types):

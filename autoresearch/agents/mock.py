@@ -107,6 +107,7 @@ class MockAgent:
     unless told to pipeline."""
 
     name = "mock"
+    concurrent = False
 
     def __init__(self, script: Path | None = None, start: int = 0, latency: float = 0.0) -> None:
         self.model = str(script) if script else "builtin"
@@ -114,6 +115,9 @@ class MockAgent:
         self.calls = start  # a resumed run goes on where the last one stopped
         self.latency = latency
         self.scripted = self.script is not None
+
+    def cancel(self) -> None:
+        """Nothing to end: an answer is at most ``latency`` seconds away."""
 
     def propose(self, context: Context) -> Answer:
         if self.latency:

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from autoresearch import report
 from autoresearch.errors import StoreError
 from autoresearch.explain import compare
+from autoresearch.models import MeasurementRole
 from autoresearch.store import Experiment, Run, Store, is_done
 
 HERE = Path(__file__).parent
@@ -167,7 +168,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
 
     def in_flight(store: Store, r: Run, e: Experiment) -> dict[str, Any]:
         assert e.id is not None
-        done = [m.seed for m in store.measurements(e.id, role="candidate")]
+        done = [m.seed for m in store.measurements(e.id, role=MeasurementRole.candidate)]
         planned = r.seed_list if e.kind != "candidate" else (
             r.seed_list[:1] if len(done) < 1 else r.seed_list)
         pending = [s for s in planned if s not in done]

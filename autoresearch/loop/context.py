@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from autoresearch import curves as curves_mod
-from autoresearch.loop.active import ActiveRun
-from autoresearch.models import Context, ExperimentStatus, Stats
+from autoresearch.loop.run import ActiveRun
+from autoresearch.models import Context, ExperimentKind, ExperimentStatus, Stats
 
 ES = ExperimentStatus
 # non-kept attempts read for the agent's history (kept ones are always read): more than a
@@ -19,7 +19,7 @@ HISTORY_RECENT = 400
 
 def build(active: ActiveRun, files: dict[str, str]) -> Context:
     store, run, run_id = active.store, active.run, active.id
-    baseline = next((e for e in store.experiments(run_id=run_id, kind="baseline")
+    baseline = next((e for e in store.experiments(run_id=run_id, kind=ExperimentKind.baseline)
                      if e.val_bpb is not None), None)
     champ = (None if run.champion_experiment_id is None
              else store.get_experiment(run.champion_experiment_id))
@@ -30,7 +30,7 @@ def build(active: ActiveRun, files: dict[str, str]) -> Context:
     crash_log = None
     if last_crash is not None and last_crash.id is not None:
         crash_log = log_tail(active.ws.exp_dir(last_crash.id), 3000)
-    last = store.newest(run_id, kind="candidate", has_commit=True)
+    last = store.newest(run_id, kind=ExperimentKind.candidate, has_commit=True)
     return Context(
         files=files, budget=active.budget.describe(), device=run.device,
         baseline=Stats(mean=baseline.val_bpb, std=noise, n=n)

@@ -3,20 +3,25 @@ measured, and compared with the original's values."""
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 from autoresearch import decide as decide_mod
 from autoresearch import guard
-from autoresearch import speed as speed_mod
-from autoresearch.decide import Reproduction
+from autoresearch.backends import Worker
 from autoresearch.errors import UsageError, one_line
-from autoresearch.jobs import Worker
-from autoresearch.loop.active import ActiveRun
-from autoresearch.models import ExperimentStatus
-from autoresearch.store import Experiment, Store
+from autoresearch.loop import record
+from autoresearch.loop.drift import machine_note
+from autoresearch.loop.run import ActiveRun
+from autoresearch.models import ExperimentKind, ExperimentStatus
+from autoresearch.store import Experiment
+from autoresearch.workspace import ApplyConflict
 
 ES = ExperimentStatus
+
+
+def _guarded(files: dict[str, str]) -> None:
+    for path, text in files.items():
+        guard.check_source(path, text)
 
 
 def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: int | None
@@ -24,7 +29,7 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     """Apply ``exp``'s stored diff onto a base, measure it on ``worker``, and compare."""
     run = a.run
     assert exp.id is not None
-    if exp.kind != "candidate" or not exp.diff or not exp.commit:
+    if exp.kind != ExperimentKind.candidate or not exp.diff or not exp.commit:
         raise UsageError(f"experiment {exp.id} has no diff to replay ({exp.kind}, "
                          f"{exp.status.value})")
     base = {"baseline": run.baseline_commit, "champion": run.champion_commit}.get(onto)
@@ -32,32 +37,24 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     k = seeds if seeds is not None else len(run.seed_list)
     seed_list = [run.seed_list[0] + i for i in range(k)]
     new = a.store.add_experiment(
-        run_id=a.id, kind="replay", seq=exp.seq, title=f"replay of #{exp.id}: {exp.title}",
-        rationale=exp.rationale, proposal=exp.proposal, parent_commit=base, replay_of=exp.id)
+        run_id=a.id, kind=ExperimentKind.replay, seq=exp.seq,
+        title=f"replay of #{exp.id}: {exp.title}", rationale=exp.rationale,
+        proposal=exp.proposal, parent_commit=base, replay_of=exp.id)
     assert new.id is not None
     try:
-        wt = a.ws.create_worktree(new.id, base, branch=None)
         try:
-            a.ws.apply_diff(wt, exp.diff)
-            files = {p: (wt / p).read_text(encoding="utf-8") for p in a.ws.editable}
-            for path, text in files.items():
-                guard.check_source(path, text)
-        except (UsageError, guard.GuardViolation) as e:
-            a.store.transition(new.id, ES.rejected, reason=one_line(str(e)))
-            a.cleanup(new.id, None)
+            done = a.ws.apply_files(new.id, base, exp.diff, message=f"replay of #{exp.id}: "
+                                    f"{exp.title}", check=_guarded)
+        except (ApplyConflict, guard.GuardViolation) as e:
+            record.rejected(a, new.id, one_line(str(e)), announce=False)
             raise UsageError(f"cannot replay experiment {exp.id} onto {onto}: {e}") from e
-        commit, diff = a.ws.commit_files(wt, files, f"replay of #{exp.id}: {exp.title}")
-        a.ws.pin(new.id, commit)
-        a.store.transition(new.id, ES.applied, commit=commit, diff=diff)
+        a.store.transition(new.id, ES.applied, commit=done.commit, diff=done.diff)
         a.store.transition(new.id, ES.running)
         a.reporter.phase(new.id, exp.seq, new.title, f"measuring seeds {seed_list}")
-        values, failed = a.measure(worker, new.id, wt, seed_list)
+        values, failed = a.run_seeds(worker, new.id, done.wt, seed_list)
         a.cleanup(new.id, None)
-    except KeyboardInterrupt:
-        got = a.store.get_experiment(new.id)
-        if got is not None and got.status not in (ES.rejected, ES.interrupted):
-            a.store.transition(new.id, ES.interrupted, reason="interrupted by the user")
-        a.cleanup(new.id, None)
+    except KeyboardInterrupt as e:
+        record.interrupted(a, new.id, e)
         raise
     original = a.values(exp.id)
     result: dict[str, Any] = {
@@ -65,35 +62,13 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
         "original_values": original, "replay_values": values, "ok": failed is None,
     }
     if failed is not None:
-        a.failed(new.id, failed)
+        record.failed(a, new.id, failed)
         result["verdict"] = f"replay failed ({failed.status.value}): {one_line(failed.error)}"
         return result
     check = decide_mod.reproduces(original, values, noise_std=run.noise_std or 0.0)
     if not check.reproduces and a.budget.kind == "time":
         check = machine_note(a.store, check, exp.id, new.id)
-    mean = statistics.fmean(values.values())
-    a.store.transition(new.id, ES.measured, val_bpb=mean, reason=check.reason,
-                       decision=check.model_dump_json(), seconds=a.seconds(new.id),
-                       delta=check.delta)
+    record.replayed(a, new.id, values, check)
     result["verdict"] = check.reason
     result["reproduces"] = check.reproduces
     return result
-
-
-def machine_note(store: Store, check: Reproduction, original: int, replay: int
-                 ) -> Reproduction:
-    """A replay that differs under a wall-clock budget: was it the machine?"""
-    def speeds(exp_id: int) -> list[float]:
-        return [m.speed for m in store.measurements(exp_id, role="candidate")
-                if m.speed is not None]
-
-    before, now = speeds(original), speeds(replay)
-    r = speed_mod.ratio(statistics.median(now) if now else None, before)
-    if not speed_mod.drifted(r, before):
-        return check
-    assert r is not None
-    note = (f"; but the machine ran at {speed_mod.describe(r)} of the original's "
-            "measurements: under a wall-clock budget the difference is the machine's, not "
-            "the code's (--token-budget compares the code alone)")
-    return check.model_copy(update={"reason": check.reason + note,
-                                    "evidence": check.evidence | {"speed_ratio": r}})

@@ -4,17 +4,16 @@ One thread per worker runs experiments' measure, judge and record steps (the wor
 processes are started from that thread and live with it). Proposals (ask, check, apply) run
 in threads of their own while workers train: at most one waits per worker (``pipeline``), or
 one is asked for only when a worker is free (``pipeline=False``; with one worker, the
-sequential loop). The main thread only
-hands out work and reacts to what finished; the run's budget is exact because an ask starts
-only while the experiments recorded plus the asks still open stay within it.
+sequential loop). The main thread only hands out work and reacts to what finished; the
+budget and the cost cap are counted by the run's ``Limits``. The baseline's seeds are spread
+over the same workers. Stopping (Ctrl-C, a fatal error) cancels each busy worker's job
+(``Worker.cancel``) and records everything in flight as interrupted.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import queue
-import statistics
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -23,15 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import decide as decide_mod
-from autoresearch import runner
 from autoresearch.agents.base import Agent, AgentExhausted, AgentFatal
+from autoresearch.backends import Worker
 from autoresearch.errors import AutoresearchError, one_line
-from autoresearch.jobs import Worker
-from autoresearch.loop.active import ActiveRun, LoopStopped, fingerprint
-from autoresearch.loop.experiment import Candidate, Proposer, trial
+from autoresearch.loop import record
+from autoresearch.loop.limits import Limits
+from autoresearch.loop.propose import Proposer
+from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, fingerprint
+from autoresearch.loop.trial import trial
 from autoresearch.metrics import Metrics
-from autoresearch.models import ExperimentStatus, Proposal, RunState
-from autoresearch.store import Run, is_done
+from autoresearch.models import (
+    ExperimentKind,
+    ExperimentStatus,
+    MeasurementRole,
+    Proposal,
+    RunState,
+)
+from autoresearch.store import Run
 
 ES = ExperimentStatus
 
@@ -86,9 +93,11 @@ class ResearchLoop:
         self.active = active
         self.agent = agent
         self.workers = workers
-        self.proposer = Proposer(active, agent, redo=list(redo or []))
+        self.limits = Limits(active, concurrent_calls=agent.concurrent)
+        self.proposer = Proposer(active, agent, self.limits, redo=list(redo or []))
         self.events: queue.Queue[_Done] = queue.Queue()
         self.lanes: list[_Lane] = []
+        self._asking: list[threading.Thread] = []
 
     @property
     def run(self) -> Run:
@@ -120,8 +129,13 @@ class ResearchLoop:
         finally:
             for lane in self.lanes:
                 lane.stop()
+            # every thread started here is waited for: a lane ends once its job has (cancelled
+            # when stopping), an ask with its agent call (cancelled too); the bound only keeps a
+            # worker or an agent that ignores cancel from hanging the loop forever
             for lane in self.lanes:
                 lane.thread.join(timeout=60)
+            for thread in self._asking:
+                thread.join(timeout=60)
         return a.update(state=RunState.finished)
 
     # -- the baseline ---------------------------------------------------------------------------
@@ -129,8 +143,8 @@ class ResearchLoop:
         """The baseline on every seed, the seeds spread over the workers."""
         a = self.active
         commit = a.run.baseline_commit
-        exp = a.store.add_experiment(run_id=a.id, kind="baseline", seq=0, title="baseline",
-                                     parent_commit=commit, commit=commit,
+        exp = a.store.add_experiment(run_id=a.id, kind=ExperimentKind.baseline, seq=0,
+                                     title="baseline", parent_commit=commit, commit=commit,
                                      fingerprint=fingerprint(a.ws.read_files(commit)))
         assert exp.id is not None
         exp_id = exp.id
@@ -144,7 +158,7 @@ class ResearchLoop:
         # job (the baseline on a spare seed, stored as role "filler", never a value) while
         # the last seeds finish
         fill = (a.budget.kind == "time" and len(self.lanes) > 1 and a.run.device == "cpu"
-                and a.settings.backend == "local")
+                and all(lane.worker.shares_host_cores for lane in self.lanes))
         busy = seeds_running = 0
         failed: Metrics | None = None
         values: dict[int, float] = {}
@@ -158,12 +172,12 @@ class ResearchLoop:
                         continue
                     if pending:
                         work = functools.partial(_measure_seed, a, exp_id, wt, pending.pop(0),
-                                                 "candidate")
+                                                 MeasurementRole.candidate)
                         seeds_running += 1
                     elif fill and seeds_running and failed is None:
                         # keep the cores as busy as candidates will find them
                         work = functools.partial(_measure_seed, a, exp_id, wt, next(fillers),
-                                                 "filler")
+                                                 MeasurementRole.filler)
                     else:
                         continue
                     lane.give(work, exp_id)
@@ -177,7 +191,7 @@ class ResearchLoop:
                 if done.error is not None:
                     raise done.error
                 got, bad, role = done.result
-                if role == "filler":
+                if role is MeasurementRole.filler:
                     continue
                 seeds_running -= 1
                 values.update(got)
@@ -186,60 +200,49 @@ class ResearchLoop:
             if not isinstance(e, BaselineFailed):
                 self._halt("interrupted by the user" if isinstance(e, KeyboardInterrupt)
                            else one_line(str(e)))
-                self.proposer.interrupted(exp_id, e)
+                record.interrupted(a, exp_id, e)
             raise
         a.cleanup(exp_id, None)
         if failed is not None:
-            a.failed(exp_id, failed)
+            record.failed(a, exp_id, failed)
             raise BaselineFailed(
                 f"the baseline failed on seed {failed.seed} ({failed.status.value}): "
                 f"{one_line(failed.error)}; "
                 f"see {a.ws.exp_dir(exp_id) / f'seed-{failed.seed}' / 'run.log'}"
             )
         values = {s: values[s] for s in a.seeds}
-        avg = statistics.fmean(values.values())
         noise = decide_mod.estimate_noise(values) if len(values) > 1 else None
-        a.store.transition(exp_id, ES.measured, val_bpb=avg, seconds=a.seconds(exp_id))
-        done_exp = a.store.transition(
-            exp_id, ES.kept, delta=0.0, champion_bpb=avg,
-            reason=f"baseline: {avg:.4f} ± {noise or 0:.4f} over {len(values)} seeds",
-            decision=json.dumps({"values": values, "noise_std": noise}),
-        )
-        a.update(champion_experiment_id=exp_id, noise_std=noise)
-        a.reporter.finished(done_exp, avg)
+        record.baseline_kept(a, exp_id, values, noise)
 
     # -- the experiments ------------------------------------------------------------------------
     def _schedule(self) -> None:
         a = self.active
         s = a.settings
         ready: deque[Candidate] = deque()
-        asks = 0  # proposals being asked for (each may or may not have its row yet)
+        limits = self.limits
         running = 0
         exhausted = False
         stop: BaseException | None = None
-        planned = a.run.experiments_planned
-        pipelined = s.pipeline if s.pipeline is not None else not getattr(
-            self.agent, "scripted", False)
+        pipelined = s.pipeline if s.pipeline is not None else not self.agent.scripted
         while True:
             free = [lane for lane in self.lanes if lane.current is None]
             while ready and free:
                 cand = ready.popleft()
-                free.pop(0).give(functools.partial(_trial, a, self.proposer, cand), cand.exp_id)
+                free.pop(0).give(functools.partial(trial, a, self.proposer, cand=cand),
+                                 cand.exp_id)
                 running += 1
-            waiting = asks + len(ready)
+            waiting = limits.open_asks + len(ready)
             # pipelined: one proposal ready (or being asked for) per worker, busy or not;
             # else only for the workers that are free now
             want = len(self.lanes) if pipelined else len(free)
-            while (stop is None and not exhausted and waiting < want
-                   and a.store.count_candidates(a.id) + asks < planned):
+            while stop is None and not exhausted and waiting < want and limits.start_ask():
                 self._ask()
-                asks += 1
                 waiting += 1
-            if not asks and not running:
+            if not limits.open_asks and not running:
                 break
             done = self._next_event()
             if done.kind == "ask":
-                asks -= 1
+                limits.end_ask()
                 if isinstance(done.error, AgentExhausted):
                     if not exhausted:
                         a.reporter.notice(f"the agent has nothing more to propose: "
@@ -251,7 +254,7 @@ class ResearchLoop:
                     raise done.error
                 elif done.result is not None:
                     if stop is not None:
-                        self.proposer.interrupted(done.result.exp_id, stop)
+                        record.interrupted(a, done.result.exp_id, stop)
                     else:
                         ready.append(done.result)
             else:
@@ -264,7 +267,7 @@ class ResearchLoop:
                     raise done.error
             if stop is not None:
                 while ready:  # proposals not started: measured again on resume
-                    self.proposer.interrupted(ready.popleft().exp_id, stop)
+                    record.interrupted(a, ready.popleft().exp_id, stop)
         if stop is not None:
             raise stop
 
@@ -275,7 +278,11 @@ class ResearchLoop:
             except BaseException as e:
                 self.events.put(_Done("ask", None, error=e))
 
-        threading.Thread(target=work, name="ask", daemon=True).start()
+        # daemon: a call the agent cannot end must not keep the process alive; still owned:
+        # execute waits for every ask it started before it returns
+        thread = threading.Thread(target=work, name="ask", daemon=True)
+        self._asking.append(thread)
+        thread.start()
 
     def _next_event(self) -> _Done:
         while True:  # a timeout keeps Ctrl-C deliverable to this thread
@@ -286,14 +293,14 @@ class ResearchLoop:
 
     # -- stopping -------------------------------------------------------------------------------
     def _halt(self, why: str) -> None:
-        """Stop every job in flight and record what was in flight as interrupted. Asks still
-        waiting on the agent record nothing more (their threads end with the process)."""
+        """Stop every job and agent call in flight and record what was in flight as
+        interrupted (an ask that ends after this records its experiment interrupted too)."""
         a = self.active
         a.stopping = why
+        self.agent.cancel()
         busy = [lane for lane in self.lanes if lane.current is not None]
         for lane in busy:
-            assert lane.current is not None
-            runner.kill_stale(a.ws.exp_dir(lane.current))
+            lane.worker.cancel()
         for _ in busy:  # each returns as soon as its job's processes are gone
             try:
                 done = self.events.get(timeout=60)
@@ -301,17 +308,11 @@ class ResearchLoop:
                 break
             if done.lane is not None:
                 done.lane.current = None
-        for exp in a.store.experiments(run_id=a.id):
-            if not is_done(exp) and exp.id is not None:
-                a.store.transition(exp.id, ES.interrupted, reason=one_line(why))
-                a.cleanup(exp.id, exp.branch)
+        record.all_interrupted(a, why)
 
 
-def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: str = "candidate",
-                  worker: Worker | None = None) -> tuple[dict[int, float], Metrics | None, str]:
+def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: MeasurementRole,
+                  worker: Worker | None = None
+                  ) -> tuple[dict[int, float], Metrics | None, MeasurementRole]:
     assert worker is not None
-    return (*a.measure(worker, exp_id, wt, [seed], role=role), role)
-
-
-def _trial(a: ActiveRun, proposer: Proposer, cand: Candidate, worker: Worker) -> Any:
-    return trial(a, proposer, worker, cand)
+    return (*a.run_seeds(worker, exp_id, wt, [seed], role=role), role)

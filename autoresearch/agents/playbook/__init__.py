@@ -45,10 +45,15 @@ def proposal_for(entry: Entry, files: dict[str, str], device: str = "cpu",
 class PlaybookAgent:
     name = "playbook"
     model = "playbook-v1"
+    concurrent = False
+    scripted = False  # it learns from the run's history, like a model would
 
     def __init__(self, catalogue: Sequence[Entry] = CATALOGUE) -> None:
         self.catalogue = list(catalogue)
         self.refused: set[str] = set()  # entries the loop could not use in this session
+
+    def cancel(self) -> None:
+        """Nothing to end: it answers at once, offline."""
 
     def propose(self, context: Context) -> Answer:
         if context.repair:

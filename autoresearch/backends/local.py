@@ -1,38 +1,19 @@
-"""A measurement as data (``Job``), and the workers that run one (``Worker``).
-
-The loop never calls the runner itself: it hands a ``Job`` to a worker. A ``LocalWorker``
-runs it here, on its own GPU or its share of the CPU cores, in warm processes of its own
-(runner.Slot); a Ray worker (autoresearch.ray_backend) runs the same runner + harness on a
-cluster node. Tests and benchmarks give the loop a fake worker instead of patching modules.
-"""
+"""The local backend: workers on this machine, each on its own GPU or its share of the CPU
+cores, running the runner in warm processes of its own (``runner.Slot``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from autoresearch import runner
 from autoresearch.errors import UsageError
 from autoresearch.metrics import Metrics
 from autoresearch.runner import Job
-
-__all__ = ["Job", "LocalWorker", "Worker", "local_workers"]
-
-
-class Worker(Protocol):
-    """Runs one job at a time; a loop with N workers runs N jobs at once."""
-
-    name: str  # recorded with each measurement: "w0", "w1 gpu 3", "ray 10.0.0.7"
-
-    def measure(self, job: Job) -> Metrics:
-        """Never raises for a failed job: the Metrics says what failed."""
-        ...
-
-    def close(self) -> None: ...
 
 
 @dataclass
@@ -45,15 +26,36 @@ class LocalWorker:
     gpu: str | None = None
     threads: int | None = None
     _slot: runner.Slot | None = field(default=None, init=False)
+    _job: Job | None = field(default=None, init=False)  # the job in flight
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    @property
+    def shares_host_cores(self) -> bool:
+        """Its jobs train on this machine's CPU cores, beside the other workers' jobs."""
+        return self.gpu is None
 
     def measure(self, job: Job) -> Metrics:
         if self._slot is None:
             self._slot = runner.Slot(self.folder)
         # a worker's processes see only its GPU, as their device 0
         device = "cuda" if self.gpu is not None and job.device.startswith("cuda") else job.device
-        m = runner.measure(dataclasses.replace(job, device=device), slot=self._slot,
-                           gpu=self.gpu, threads=self.threads)
+        with self._lock:
+            self._job = job
+        try:
+            m = runner.measure(dataclasses.replace(job, device=device), slot=self._slot,
+                               gpu=self.gpu, threads=self.threads)
+        finally:
+            with self._lock:
+                self._job = None
         return m.model_copy(update={"worker": self.name})
+
+    def cancel(self) -> None:
+        """End the job in flight, if any (its process groups, found by their pid files in the
+        job's folder): its ``measure`` returns a failed measurement at once."""
+        with self._lock:
+            job = self._job
+        if job is not None:
+            runner.kill_stale(job.out_dir)
 
     def close(self) -> None:
         if self._slot is not None:

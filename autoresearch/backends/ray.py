@@ -1,46 +1,26 @@
-"""Measurements on a Ray cluster: each job a Ray task running the same runner + harness on the
-node it lands on.
+"""The Ray backend, the orchestrator's side: each job a Ray task running the same runner +
+harness on the node it lands on (``ray_node``: what the task does there).
 
-The orchestrator keeps the store, git and the agent. A ``RayWorker`` sends one job at a time:
-the source folder's files (without .git) travel with the task, the prepared dataset through
-Ray's object store (put once per dataset, shared by every worker), and the task reserves one
-GPU (``num_gpus=1``) or its CPUs, with ``max_retries=0``: a measurement is never silently run
-twice. On the node the task
+A ``RayWorker`` sends one job at a time: the source folder's files (without .git) travel with
+the task, the prepared dataset through Ray's object store (put once per dataset, shared by
+every worker), and the task reserves one GPU (``num_gpus=1``) or its CPUs, with
+``max_retries=0``: a measurement is never silently run twice. The task's Metrics and files
+come back and are written into the job's out_dir.
 
-1. refuses to measure when the node's installed autoresearch differs from the orchestrator's
-   (a hash of the package's .py files);
-2. writes the dataset into a node-local cache folder named by its sha256 (checked against the
-   bytes), unpacks the source, and calls ``runner.measure`` there, with the run's sha256: the
-   sandbox, the process-group deadline, the installed-code tripwire and the sha256 check
-   before training all happen on the node, exactly as they do locally;
-3. returns the Metrics and every file ``runner.measure`` wrote (run.log, metrics.json, the
-   curve), which the orchestrator writes into the job's out_dir.
-
-A task that runs past the job's hard deadline (the runner's own worst case plus a margin) is
-cancelled with ``ray.cancel(force=True)`` and recorded as ``timeout``; a worker or node that
-dies mid-job is recorded as ``crash`` ("ray node ... died: ..."). Neither raises into the loop.
-Whatever a job started on its node (its harness processes run in sessions of their own) is
-ended by a small reaper process that outlives the task's worker: it waits on a pipe that
-worker holds, and when the pipe closes (the task ended, was cancelled, or its worker was
-killed) it kills the job's process groups and removes the job's folder.
-
-Ray is optional (``pip install 'autoresearch[ray]'``) and imported only here, when used.
-Over 400 lines: both sides of a task (the orchestrator's worker and what runs on the node,
-reaper included) live here, so that one file says all that crosses the wire.
+A task that runs past the job's hard deadline (the runner's own worst case plus a margin), or
+that ``cancel`` ends, is force-cancelled (``ray.cancel(force=True)``; the job's reaper on the
+node ends what it started) and recorded as ``timeout`` or ``crash``; a worker or node that
+dies mid-job is recorded as ``crash`` ("ray node ... died: ..."). None of it raises into the
+loop. Ray is optional (``pip install 'autoresearch[ray]'``) and imported only here, when used.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -49,40 +29,20 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import data as data_mod
-from autoresearch import integrity, runner
+from autoresearch import runner
+from autoresearch.backends import ray_node
 from autoresearch.errors import DataError, UsageError, one_line
-from autoresearch.jobs import Job
-from autoresearch.metrics import Budget, Metrics
+from autoresearch.metrics import Metrics
 from autoresearch.models import RunStatus
+from autoresearch.runner import Job
 
 RAY_SLACK = 30.0  # seconds beyond the runner's own deadlines: unpacking, the dataset, hashing
 START_TIMEOUT = 900.0  # seconds a job may wait for a node with room before it is given up
 SETTLE_TIMEOUT = 30.0  # seconds to wait for a cancelled task's worker to be gone
 PROBE_TIMEOUT = 5.0  # seconds for the cluster's address to answer
-NODE_FOLDER = "ray"  # on a node, under its dataset cache (AUTORESEARCH_CACHE): datasets/, jobs/
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # + an empty SETTINGS frame
 _DATASET_FILES = ("train.bin", "val.bin", "meta.json")
 _connected: dict[str, str | None] = {}  # the address this process's ray.init was given
-# The reaper: when its stdin closes (the task's worker ended or died), end every process group
-# the job left behind (runner writes each group's id to a job.pid file) and remove the job's
-# folder and the processes' scratch folders (their working folders). It forks first and lives
-# on as the child: Ray kills a dead worker's child processes, not their children.
-_REAP = ("import os, shutil, sys\n"
-         "from pathlib import Path\n"
-         "if os.fork():\n"
-         "    os._exit(0)\n"
-         "sys.stdin.buffer.read()\n"
-         "folder, scratch = Path(sys.argv[1]), []\n"
-         "for pid_file in folder.rglob('job.pid'):\n"
-         "    try:\n"
-         "        scratch.append(os.readlink(f'/proc/{int(pid_file.read_text())}/cwd'))\n"
-         "    except (OSError, ValueError):\n"
-         "        pass\n"
-         "if any(folder.rglob('job.pid')):\n"
-         "    from autoresearch.runner import kill_stale\n"
-         "    kill_stale(folder)\n"
-         "for path in [folder, *(p for p in scratch if 'autoresearch-' in p)]:\n"
-         "    shutil.rmtree(path, ignore_errors=True)\n")
 
 
 def ray_workers(address: str | None, n: int, *, device: str, threads: int | None,
@@ -124,21 +84,6 @@ def hard_deadline(job: Job) -> float:
     return train + runner.EVAL_TIMEOUT + runner.GRACE + RAY_SLACK
 
 
-def package_sha256() -> str:
-    """A hash of this installation's autoresearch code (every .py file of the package, by
-    path and content), compared between the orchestrator and a node."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if rel.parts[0] == "_bundled":  # the baseline a wheel ships: data, not our code
-            continue
-        content = path.read_bytes()
-        h.update(f"{rel.as_posix()}\0{len(content)}\0".encode())
-        h.update(content)
-    return h.hexdigest()
-
-
 @dataclass
 class RayWorker:
     """One job at a time on the cluster. ``deadline`` overrides ``hard_deadline(job)`` (seconds
@@ -150,8 +95,10 @@ class RayWorker:
     threads: int | None = None
     deadline: float | None = None
     on_start: Callable[[str, int], None] | None = None
+    shares_host_cores = False  # its jobs run on the cluster's nodes, on cores they reserved
     _inflight: Any = field(default=None, init=False, repr=False)
     _closed: bool = field(default=False, init=False)
+    _cancelled: bool = field(default=False, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def measure(self, job: Job) -> Metrics:
@@ -167,7 +114,7 @@ class RayWorker:
             **self._resources(job), max_retries=0,
             name=f"autoresearch {self.name} seed {job.seed}").remote(spec)
         with self._lock:
-            self._inflight = gen
+            self._inflight, self._cancelled = gen, False
         node: str | None = None
         settled = False
         try:
@@ -199,6 +146,15 @@ class RayWorker:
                 self._inflight = None
             if not settled:  # the deadline, no room, Ctrl-C: the task must not run on
                 self._cancel(gen)
+
+    def cancel(self) -> None:
+        """End the job in flight, if any: its ``measure`` returns a failed measurement soon."""
+        with self._lock:
+            gen = self._inflight
+            self._cancelled = gen is not None
+        if gen is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.ray.cancel(gen, force=True)
 
     def close(self) -> None:
         """Cancel the job in flight, if any; the last worker closed disconnects from Ray."""
@@ -234,7 +190,7 @@ class RayWorker:
         if isinstance(e, StopIteration):
             return f"the Ray task on node {where} ended without a result"
         if isinstance(e, ray.exceptions.TaskCancelledError):
-            why = "the loop is stopping" if self._closed else "by someone else"
+            why = "the loop is stopping" if self._closed or self._cancelled else "by someone else"
             return f"the Ray task on node {where} was cancelled ({why})"
         if isinstance(e, ray.exceptions.RayTaskError):
             return f"the Ray task on node {where} failed: {one_line(e.cause)}"
@@ -243,7 +199,7 @@ class RayWorker:
     def _finish(self, job: Job, started: float, node: str | None,
                 result: dict[str, Any]) -> Metrics:
         out = job.out_dir
-        _unpack(result["files"], out)
+        ray_node.unpack(result["files"], out)
         metrics = Metrics.model_validate_json(result["metrics"])
         return self._record(metrics, out, started, node)
 
@@ -277,8 +233,8 @@ class _Cluster:
 
     def __init__(self, ray: Any, where: str, owns: bool) -> None:
         self.ray, self.where, self.owns = ray, where, owns
-        self.task = ray.remote(_on_node)
-        self.code_sha256 = package_sha256()
+        self.task = ray.remote(ray_node.on_node)
+        self.code_sha256 = ray_node.package_sha256()
         self.users = 0
         self._datasets: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
@@ -427,108 +383,3 @@ def _driver_paths() -> list[str]:
     if sys.argv and sys.argv[0]:
         paths.append(os.path.dirname(os.path.realpath(sys.argv[0])))
     return paths
-
-
-# --- on the node ---------------------------------------------------------------------------
-
-
-def _on_node(spec: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The Ray task: say where it runs, then measure and return the metrics and the files."""
-    import ray
-
-    node = ray.util.get_node_ip_address()
-    yield {"node": node, "pid": os.getpid()}
-    yield _measure_here(spec, node)
-
-
-def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
-    seed, device = int(spec["seed"]), str(spec["device"])
-    code = package_sha256()
-    if code != spec["code_sha256"]:
-        return _refused(seed, device, spec, f"ray node {node} runs other autoresearch code "
-                        f"(package hash {code[:12]}, the orchestrator's "
-                        f"{str(spec['code_sha256'])[:12]}): install the same version there")
-    root = data_mod.cache_dir() / NODE_FOLDER
-    (root / "jobs").mkdir(parents=True, exist_ok=True)
-    job_dir = Path(tempfile.mkdtemp(prefix="job-", dir=root / "jobs"))
-    reaper = subprocess.Popen([sys.executable, "-c", _REAP, str(job_dir)], cwd="/",
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env=integrity.child_env(None),
-                              start_new_session=True)
-    path = sys.path[:]
-    try:
-        source, out = job_dir / "source", job_dir / "out"
-        _unpack(spec["files"], source)
-        try:
-            data = _node_dataset(root / "datasets", str(spec["sha256"]), spec["dataset"], node)
-        except DataError as e:
-            return _refused(seed, device, spec, str(e))
-        # as in a local measurement, the evaluation gets the node's own import path, not the
-        # orchestrator's folders Ray put first
-        driver = set(spec["driver_paths"])
-        while sys.path and sys.path[0] in driver:
-            del sys.path[0]
-        metrics = runner.measure(runner.Job(
-            source=source, data=data, budget=Budget.model_validate(spec["budget"]), seed=seed,
-            device=device, out_dir=out, setup_cap=float(spec["setup_cap"]),
-            timeout=spec["timeout"], sandbox=bool(spec["sandbox"]),
-            expect_sha256=spec["expect_sha256"]), threads=spec["threads"])
-        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
-                 if p.is_file() and p.name != runner.PID_FILE and not p.name.endswith(".tmp")}
-        return {"metrics": metrics.model_dump_json(), "files": files}
-    finally:
-        sys.path[:] = path
-        shutil.rmtree(job_dir, ignore_errors=True)
-        if reaper.stdin is not None:
-            reaper.stdin.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            reaper.wait(timeout=10)
-
-
-def _unpack(files: dict[str, bytes], folder: Path) -> None:
-    """Write ``files`` (relative path -> bytes) under ``folder``, skipping any path that would
-    leave it; the folder exists afterwards even if there was nothing to write."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for rel, content in files.items():
-        path = Path(rel)
-        if path.is_absolute() or ".." in path.parts:
-            continue
-        (folder / path).parent.mkdir(parents=True, exist_ok=True)
-        (folder / path).write_bytes(content)
-
-
-def _refused(seed: int, device: str, spec: dict[str, Any], error: str) -> dict[str, Any]:
-    metrics = Metrics(status=RunStatus.crash, seed=seed, device=device, error=error,
-                      threads=spec["threads"])
-    return {"metrics": metrics.model_dump_json(), "files": {}}
-
-
-def _node_dataset(cache: Path, sha: str, refs: list[Any], node: str) -> Path:
-    """The node's copy of a prepared dataset, in a folder named by its sha256: fetched from
-    the object store when missing, and kept only if its bytes hash to that sha256."""
-    final = cache / sha
-    if (final / "meta.json").is_file():
-        return final
-    import ray
-
-    files: dict[str, bytes] = ray.get(refs[0])
-    got = hashlib.sha256(files["train.bin"] + files["val.bin"]).hexdigest()
-    claimed = json.loads(files["meta.json"]).get("sha256")
-    if got != sha or claimed != sha:
-        raise DataError(f"the dataset that reached ray node {node} is not the one sent: its "
-                        f"text's sha256 is {got[:12]}, expected {sha[:12]}")
-    cache.mkdir(parents=True, exist_ok=True)
-    # written next to its final folder, then renamed: a job never sees half a dataset
-    tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=cache))
-    try:
-        for name, content in files.items():
-            (tmp / name).write_bytes(content)
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not another job's copy, just made
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-

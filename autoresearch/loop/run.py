@@ -1,15 +1,16 @@
-"""The run being worked on, and everything a step of the loop needs to reach from it.
+"""The run being worked on: its row, its champion (read and moved under one lock), and the
+one way a step runs code on a worker (``run_seeds``: one job per seed, each measurement
+stored with its machine speed); and what the steps hand each other (``Candidate``: a
+proposal committed in its worktree; ``Outcome``: what measuring it against a champion gave).
 
-``ActiveRun`` exists only once a run does (``start``, ``resume``, ``reopen``): nothing that
-uses it has to ask whether there is a run. Its ``measure`` is the one way a step measures
-code: a job handed to a worker, its speed bookkeeping and its record in the store.
+``ActiveRun`` exists only once a run does (``open_run``, ``reopen``): nothing that uses it has
+to ask whether there is a run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import statistics
 import threading
 from dataclasses import dataclass, field
@@ -17,28 +18,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autoresearch import runner
-from autoresearch import speed as speed_mod
+from autoresearch.backends import Job, Worker
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
-from autoresearch.errors import AutoresearchError, UsageError, one_line
-from autoresearch.jobs import Job, Worker
+from autoresearch.decide import Decision
+from autoresearch.errors import AutoresearchError, UsageError
+from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import ExperimentStatus, Proposal, RunState, RunStatus
-from autoresearch.store import Experiment, Run, Store, is_done
+from autoresearch.models import MeasurementRole, Proposal, RunStatus
+from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
-
-ES = ExperimentStatus
-
-# how a failed training job is recorded
-JOB_STATUS = {
-    RunStatus.crash: ES.crashed,
-    RunStatus.nan: ES.crashed,
-    RunStatus.timeout: ES.timeout,
-    RunStatus.overtime: ES.invalid,
-    RunStatus.invalid_model: ES.invalid,
-    RunStatus.not_causal: ES.invalid,
-    RunStatus.rejected: ES.rejected,
-}
 
 
 class Reporter(Protocol):
@@ -66,6 +55,32 @@ def fingerprint(files: dict[str, str]) -> str:
 
 
 @dataclass
+class Candidate:
+    """A proposal checked and committed in its worktree, waiting for a worker or on one."""
+
+    exp_id: int
+    seq: int
+    proposal: Proposal
+    files: dict[str, str]
+    parent_commit: str  # the champion it was proposed on (and is measured against)
+    parent_id: int
+    commit: str
+    branch: str
+    wt: Path
+
+
+@dataclass
+class Outcome:
+    """What measuring a candidate against one champion gave."""
+
+    values: dict[int, float]
+    champion: dict[int, float]  # the champion values it was compared with
+    verdict: Decision | None  # None when a measurement failed
+    failed: Metrics | None = None
+    stored: Decision | None = None  # the screen against the stored values (time budgets)
+
+
+@dataclass
 class _Running:
     peak: int  # the most jobs running at once while this one ran
 
@@ -83,7 +98,7 @@ class ActiveRun:
     champion_lock: threading.RLock = field(default_factory=threading.RLock)
     _jobs: list[_Running] = field(default_factory=list)
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock)
-    _drifting: bool = False
+    _drift: DriftWatch = field(default_factory=DriftWatch)
 
     # -- the run ----------------------------------------------------------------------------
     @property
@@ -113,16 +128,12 @@ class ActiveRun:
 
     def values(self, exp_id: int) -> dict[int, float]:
         """seed -> val_bpb of an experiment's own successful measurements."""
-        return {m.seed: m.val_bpb for m in self.store.measurements(exp_id, role="candidate")
+        return {m.seed: m.val_bpb
+                for m in self.store.measurements(exp_id, role=MeasurementRole.candidate)
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     def seconds(self, exp_id: int) -> float:
         return sum(m.total_seconds for m in self.store.measurements(exp_id))
-
-    def failed(self, exp_id: int, m: Metrics, **fields: Any) -> Experiment:
-        """Record a failed training job as the experiment's final status."""
-        return self.store.transition(exp_id, JOB_STATUS[m.status], reason=one_line(m.error),
-                                     **fields)
 
     def cleanup(self, exp_id: int, branch: str | None) -> None:
         """Remove a finished experiment's worktrees and branch, unless the user keeps them."""
@@ -137,21 +148,25 @@ class ActiveRun:
         (d / name).write_text(json.dumps(obj, indent=2, default=str), encoding="utf-8")
 
     # -- measuring --------------------------------------------------------------------------
-    def measure(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
-                role: str = "candidate") -> tuple[dict[int, float], Metrics | None]:
-        """Measure ``seeds`` in order on ``worker``; stop at the first failure (the 2nd item).
+    def run_seeds(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
+                  role: MeasurementRole = MeasurementRole.candidate
+                  ) -> tuple[dict[int, float], Metrics | None]:
+        """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored; stop at the
+        first failure (the 2nd item).
         ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         values: dict[int, float] = {}
-        folder = "seed" if role == "candidate" else f"{role}-seed"
         for seed in seeds:
+            if self.stopping is not None:  # not one job more once the loop is stopping
+                raise Stopping(self.stopping)
             job = Job(source=wt, data=self.data.path, budget=self.budget, seed=seed,
-                      device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / f"{folder}-{seed}",
+                      device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / role.folder(seed),
                       setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
                       sandbox=self.settings.sandbox, expect_sha256=self.run.dataset_sha256)
             m = self._run_job(worker, job)
             if self.stopping is not None:
                 raise Stopping(self.stopping)
-            self.store.add_measurement(exp_id, m, role=role, **self._speed(exp_id, seed, m))
+            speed = self._drift.observe(self.store, self.run, self.reporter, exp_id, seed, m)
+            self.store.add_measurement(exp_id, m, role=role, **speed)
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None
@@ -172,45 +187,9 @@ class ActiveRun:
                 self._jobs.remove(me)
         return m.model_copy(update={"worker": m.worker or worker.name, "concurrency": me.peak})
 
-    def _speed(self, exp_id: int, seed: int, m: Metrics) -> dict[str, Any]:
-        """The measurement's machine speed, relative to the champion's; a drift is recorded
-        and, when it starts or ends under a time budget, said in one line."""
-        speed = speed_mod.combined(m.speed_before, m.speed_after)
-        ref = self._reference_speeds()
-        ratio = speed_mod.ratio(speed, ref)
-        tol = speed_mod.tolerance(ref)
-        why = None
-        if speed_mod.drifted(ratio, ref):
-            assert ratio is not None
-            why = (f"the machine ran at {speed_mod.describe(ratio)} of the champion's "
-                   f"measurements (tolerance ±{math.expm1(tol):.0%})")
-        elif m.speed_before and m.speed_after and speed_mod.drifted(
-                m.speed_after / m.speed_before, ref or [m.speed_before]):
-            why = (f"the machine's speed changed during training ({m.speed_before:.3g} -> "
-                   f"{m.speed_after:.3g} GFLOP/s)")
-        if self.budget.kind == "time" and (why is not None) != self._drifting:
-            self._drifting = why is not None
-            where = f"experiment {exp_id} seed {seed}"
-            self.reporter.notice(
-                f"machine speed drift at {where}: {why}; under a wall-clock budget its "
-                "val_bpb is not comparable with earlier measurements, so a promising "
-                "candidate is confirmed against the champion re-measured alongside it"
-                if why else f"machine speed back within ±{math.expm1(tol):.0%} of the "
-                f"champion's at {where}")
-        return {"speed": speed, "speed_ratio": ratio, "drift": why}
-
-    def _reference_speeds(self) -> list[float]:
-        """The champion's own measurements' speeds (none while the baseline is measured)."""
-        if self.run.champion_experiment_id is None:
-            return []
-        return [m.speed for m in self.store.measurements(self.run.champion_experiment_id,
-                                                         role="candidate")
-                if m.status == "ok" and m.speed is not None]
-
-
 # -- making one ---------------------------------------------------------------------------------
-def start(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, *,
-          agent: str, model: str, experiments: int, workers: list[Worker]) -> ActiveRun:
+def open_run(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, *,
+             agent: str, model: str, experiments: int, workers: list[Worker]) -> ActiveRun:
     """A new run: the baseline committed, the run recorded, its branch made."""
     s = settings
     device = runner.resolve_device(s.device)
@@ -255,38 +234,6 @@ def reopen(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
             "different corpora are never compared"
         )
     return ActiveRun(settings, store, ws, reporter, run, data, run.id)
-
-
-def resume(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run,
-           experiments: int | None) -> tuple[ActiveRun, list[tuple[int, Proposal]]]:
-    """Close what a killed loop left in flight, then go on with the same run. Returns the run
-    and the interrupted proposals to measure again (each once: its slot in the budget was
-    freed when it was closed as interrupted)."""
-    if run.id is None:
-        raise UsageError("a run that was never recorded cannot be resumed")
-    runner.kill_stale(ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
-    fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}
-    if experiments is not None:
-        fields["experiments_planned"] = experiments
-    active = reopen(settings, store, ws, reporter, store.update_run(run.id, **fields))
-    redo: list[tuple[int, Proposal]] = []
-    for exp in store.experiments(run_id=active.id):
-        if is_done(exp):
-            continue
-        assert exp.id is not None
-        runner.kill_stale(ws.exp_dir(exp.id))
-        store.transition(exp.id, ES.interrupted,
-                         reason=f"the loop stopped while it was {exp.status.value}")
-        active.cleanup(exp.id, exp.branch)
-        again = exp.kind == "candidate" and exp.commit is not None and bool(exp.proposal)
-        if again:
-            redo.append((exp.id, Proposal.model_validate_json(exp.proposal)))
-        reporter.notice(f"experiment {exp.id} was in flight: closed as interrupted"
-                        + ("; its proposal will be measured again" if again else ""))
-    run = active.run
-    reporter.notice(f"resuming run {active.id}: {store.count_candidates(active.id)} of "
-                    f"{run.experiments_planned} experiments done")
-    return active, redo
 
 
 def mean(values: dict[int, float]) -> float:

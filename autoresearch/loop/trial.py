@@ -1,0 +1,242 @@
+"""The measure and judge steps of one candidate, on a worker: the measurement plan, the keep
+rule, and the port onto a champion that moved meanwhile. ``record`` writes how it ended.
+
+The plan, by budget:
+
+- tokens: the first seed; a clear loss is discarded at once, a promising one measured on the
+  other seeds and judged on all of them (paired with the champion's stored values);
+- wall-clock: the first seed, screened against the champion's stored values; a promising one
+  is judged against the champion re-measured alongside it, seed by seed, on the same worker
+  (stored values from another hour of the machine would not compare like with like).
+
+A candidate is judged against the champion it was proposed on. If it wins and the champion has
+moved meanwhile, its diff is applied onto the new champion (three-way) and measured there on
+every seed, or ported by the agent once, or it ends ``superseded``: nothing is kept that was
+only measured against an older champion.
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+
+from autoresearch import decide as decide_mod
+from autoresearch.agents.base import AgentFatal
+from autoresearch.backends import Worker
+from autoresearch.decide import Decision
+from autoresearch.errors import one_line
+from autoresearch.loop import context as context_mod
+from autoresearch.loop import record
+from autoresearch.loop.propose import Proposer, Rejected
+from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, Outcome, Stopping
+from autoresearch.models import ExperimentStatus, MeasurementRole
+from autoresearch.store import Experiment, StaleWin
+from autoresearch.workspace import ApplyConflict
+
+ES = ExperimentStatus
+PORTS = 2  # a winner is ported onto a champion that moved at most this many times
+
+
+def trial(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -> Experiment:
+    """Measure a candidate on ``worker``, judge it (porting it while the champion moves), and
+    record how it ended. A loop being stopped leaves it interrupted (resume measures it
+    again)."""
+    try:
+        return _settle(a, proposer, worker, cand)
+    except (Stopping, LoopStopped, AgentFatal, KeyboardInterrupt) as e:
+        record.interrupted(a, cand.exp_id, e)
+        if isinstance(e, Stopping):
+            return a.store.get_experiment(cand.exp_id)  # type: ignore[return-value]
+        raise
+
+
+def _settle(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -> Experiment:
+    a.store.transition(cand.exp_id, ES.running)
+    a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
+                     f"training seed {a.seeds[0]} on {worker.name}")
+    outcome = measure(a, worker, cand, screen=True)
+    stale: list[StaleWin] = []
+    for _ in range(PORTS + 1):
+        if outcome.verdict is None or outcome.verdict.verdict != "keep":
+            break
+        with a.champion_lock:
+            onto, onto_id = a.champion()
+            if onto == cand.parent_commit:
+                return record.judged(a, cand, outcome, stale)
+        # it won against a champion that is no longer the champion
+        stale.append(StaleWin(champion=cand.parent_id, delta=outcome.verdict.delta,
+                              reason=outcome.verdict.reason, values=outcome.values))
+        if len(stale) > PORTS:
+            break
+        a.store.restage(cand.exp_id)
+        _restage_folders(a, cand.exp_id)
+        a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
+                         f"won on #{cand.parent_id}; porting onto the new champion #{onto_id}")
+        try:
+            cand = port(a, proposer, cand, onto, onto_id)
+        except Rejected as r:
+            return record.superseded(a, cand, stale, f"won on #{cand.parent_id} "
+                                     f"(Δ {outcome.verdict.delta:+.4f}) but could not be "
+                                     f"ported onto #{onto_id}: {r.reason}")
+        a.store.transition(cand.exp_id, ES.running)
+        a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
+                         f"measuring on the new champion #{onto_id}, seeds {a.seeds}")
+        outcome = measure(a, worker, cand, screen=False)
+    if stale and outcome.verdict is not None and outcome.verdict.verdict == "keep":
+        return record.superseded(a, cand, stale, f"won on {len(stale)} champions in turn while "
+                                 "each was replaced meanwhile; measure it again with replay")
+    return record.judged(a, cand, outcome, stale)
+
+
+# -- the measurement plan and the judge -----------------------------------------------------------
+def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> Outcome:
+    """The candidate measured and judged against its champion (``parent``). ``screen``: one
+    seed first, the others only if it is promising (a fresh candidate); else every seed (a
+    candidate ported onto a new champion)."""
+    if a.budget.kind == "time" and not screen:
+        return _alongside(a, worker, cand, {}, None)
+    values, failed = a.run_seeds(worker, cand.exp_id, cand.wt,
+                                 a.seeds[:1] if screen else a.seeds)
+    champion = a.values(cand.parent_id)
+    if failed is not None:
+        return Outcome(values, champion, None, failed)
+    verdict = judge(a, cand.exp_id, values, champion)
+    if verdict.verdict == "discard" or not screen:
+        return Outcome(values, champion, verdict)
+    if a.budget.kind == "time":
+        # wall-clock results depend on the machine's speed at the time: a promising
+        # candidate is judged against the champion re-measured alongside it
+        return _alongside(a, worker, cand, values, verdict)
+    if verdict.verdict == "confirm":
+        rest = [s for s in a.seeds if s not in values]
+        a.store.transition(cand.exp_id, ES.running)
+        a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
+                         f"confirming on seeds {rest}")
+        more, failed = a.run_seeds(worker, cand.exp_id, cand.wt, rest)
+        values.update(more)
+        if failed is not None:
+            return Outcome(values, champion, None, failed)
+        verdict = judge(a, cand.exp_id, values, champion)
+    return Outcome(values, champion, verdict)
+
+
+def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float]
+          ) -> Decision:
+    """The keep rule on the candidate's values against the champion's (paired by seed); the
+    experiment is ``measured`` meanwhile."""
+    a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
+    return decide_mod.decide(values, champion, noise_std=a.run.noise_std or 0.0,
+                             min_delta=a.run.min_delta, seeds=a.seeds)
+
+
+def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, float],
+               stored: Decision | None) -> Outcome:
+    """Measure the champion on every seed, each next to the candidate's run on that seed
+    (candidate s0 was just measured, if screened; then champion s0, champion s1, candidate s1,
+    champion s2, candidate s2, ...), on the same worker, so both values of a pair ran in the
+    same conditions; then decide on those pairs."""
+    exp_id = cand.exp_id
+    if stored is not None:  # after a screen (measured); a port's caller set it running
+        a.store.transition(exp_id, ES.running)
+    a.reporter.phase(exp_id, cand.seq, cand.proposal.title,
+                     f"confirming alongside the champion on seeds {a.seeds}")
+    champ_wt = a.ws.create_worktree(exp_id, cand.parent_commit, branch=None, name="champion")
+    control: dict[int, float] = {}
+    values = dict(values)
+    try:
+        for seed in a.seeds:
+            got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], role=MeasurementRole.champion)
+            if bad is not None:
+                a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(
+                    values.values()) if values else None)
+                return Outcome(values, {}, Decision(
+                    verdict="discard", delta=None,
+                    evidence={"stored": stored.evidence} if stored else {},
+                    reason=f"discarded: the champion's re-measurement failed on seed "
+                    f"{bad.seed} ({bad.status.value}): {one_line(bad.error)}"))
+            control.update(got)
+            if seed not in values:
+                got, bad = a.run_seeds(worker, exp_id, cand.wt, [seed])
+                if bad is not None:
+                    return Outcome(values, control, None, bad)
+                values.update(got)
+    finally:
+        a.ws.remove_worktree(exp_id, name="champion")
+    verdict = judge(a, exp_id, values, control)
+    return Outcome(values, control, alongside_evidence(verdict, stored), stored=stored)
+
+
+def alongside_evidence(verdict: Decision, stored: Decision | None) -> Decision:
+    """Say in a decision made on re-measured champion values what the stored ones said."""
+    if stored is None:
+        return verdict.model_copy(update={
+            "evidence": verdict.evidence | {"champion_source": "re-measured alongside"}})
+    note = (f"; judged against the champion re-measured alongside (its stored value"
+            f"{'s' if len(stored.evidence.get('seeds', [])) > 1 else ''} gave Δ "
+            f"{stored.delta:+.4f})" if stored.delta is not None else "")
+    evidence = verdict.evidence | {"champion_source": "re-measured alongside",
+                                   "stored": stored.evidence}
+    return verdict.model_copy(update={"reason": verdict.reason + note, "evidence": evidence})
+
+
+# -- the port onto a moved champion ---------------------------------------------------------------
+def port(a: ActiveRun, proposer: Proposer, cand: Candidate, onto: str, onto_id: int
+         ) -> Candidate:
+    """The candidate's change on champion ``onto``: its diff applied three-way and checked;
+    when it does not carry over, the agent is asked once to port it; else ``Rejected``
+    (the caller records it superseded)."""
+    exp_id = cand.exp_id
+    base = a.ws.read_files(onto)
+    diff = (a.ws.exp_dir(exp_id) / "diff.patch").read_text(encoding="utf-8")
+    p = cand.proposal
+    try:
+        done = a.ws.apply_files(
+            exp_id, onto, diff, branch=cand.branch,
+            message=f"#{exp_id}: {p.title} (on #{onto_id}, applied cleanly)\n\n{p.rationale}",
+            check=lambda files: proposer.checked(exp_id, base, files))
+    except (ApplyConflict, Rejected) as e:
+        if isinstance(e, Rejected) and e.duplicate_of is not None:
+            raise
+        why = e.message if isinstance(e, Rejected) else str(e)
+        a.reporter.phase(exp_id, cand.seq, p.title,
+                         f"asking the agent to port it onto #{onto_id}")
+        context = context_mod.build(a, base).model_copy(update={
+            "repair": (f"The champion moved to experiment #{onto_id} while this change "
+                       f"was measured, and the change does not carry over as it is "
+                       f"({why}). Port this change onto the new champion's code shown "
+                       "above: same idea, edits that apply to the new code."),
+            "previous_answer": p.model_dump_json(indent=1),
+        })
+        answer = proposer.answer(context, exp_id, attempt=0)
+        try:
+            p, files = proposer.usable(exp_id, context, base, answer, repairs=0)
+        except Rejected:
+            # the experiment stays what was measured: not the port that failed
+            a.store.update_experiment(exp_id, title=cand.proposal.title[:200],
+                                      rationale=cand.proposal.rationale,
+                                      proposal=cand.proposal.model_dump_json())
+            raise
+        done = a.ws.apply_files(
+            exp_id, onto, files, branch=cand.branch,
+            message=f"#{exp_id}: {p.title} (on #{onto_id}, ported by the agent)\n\n"
+                    f"{p.rationale}")
+    (a.ws.exp_dir(exp_id) / "diff.patch").write_text(done.diff, encoding="utf-8")
+    a.store.update_experiment(exp_id, commit=done.commit, diff=done.diff, parent_commit=onto,
+                              parent_id=onto_id)
+    return Candidate(exp_id, cand.seq, p, done.files, onto, onto_id, done.commit,
+                     cand.branch, done.wt)
+
+
+def _restage_folders(a: ActiveRun, exp_id: int) -> None:
+    """Keep the files of the measurements on an older champion beside the new ones, in their
+    restaged role's folders (seed-N -> stale-seed-N, champion-seed-N -> stale-champion-seed-N)."""
+    d = a.ws.exp_dir(exp_id)
+    for m in a.store.measurements(exp_id):
+        if m.role in (MeasurementRole.stale, MeasurementRole.stale_champion):
+            was = MeasurementRole.candidate if m.role is MeasurementRole.stale else (
+                MeasurementRole.champion)
+            old, new = d / was.folder(m.seed), d / m.role.folder(m.seed)
+            if old.is_dir():
+                if new.exists():
+                    shutil.rmtree(new)
+                old.rename(new)
