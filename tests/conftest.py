@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 # One thread per process: on a shared, busy machine two OpenMP threads that spin-wait for each
 # other make a tiny model 20x slower. Set before torch is imported here or in any child.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The Ray tests start a head of their own on 127.0.0.1: a ~/.ray/auth_token left by any earlier
+# Ray on the machine turns token authentication on in this process but not in the head.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 SOURCES = Path(__file__).parent / "sources"
 LOOP_SOURCE = Path(__file__).parent / "loop_source" / "train.py"  # the loop tests' baseline
