@@ -1,19 +1,18 @@
-"""The trusted harness: data, clock and metric around the agent's ``train(run)``.
+"""The harness: what runs inside a measurement's two processes.
 
-A measurement is two processes, so that no number can come from the agent's code:
-
-1. training (``--phase train``, :mod:`autoresearch.harness.train`): seeds everything, imports
-   the source's train.py, calls ``train(run)`` with a ``Run`` that only holds the train split,
-   then exports the returned model (:mod:`autoresearch.harness.export`) as a graph of aten
-   operators plus its tensors (``model.pt``) and writes a short report (steps, tokens,
-   seconds, or the reason it failed) into a scratch folder;
+1. training (``--phase train``, :mod:`autoresearch.harness.train`): seeds everything, fences
+   itself in, says ``hello`` to the runner's broker over its channel
+   (:mod:`autoresearch.harness.channel`), imports the source's train.py and calls
+   ``train(run)``, where ``run`` is a thin client that asks the broker for every batch; then it
+   exports the returned model (:mod:`autoresearch.harness.export`) as a graph of aten
+   operators plus its tensors and hands the bytes back. It holds nothing trusted: the broker
+   (:mod:`autoresearch.runner.broker`) counts the tokens and keeps the clock;
 2. evaluation (``--phase eval``, :mod:`autoresearch.harness.evaluate`): a fresh process that
-   never imports agent code, nor the training side. It loads the graph with
-   ``torch.load(weights_only=True)``, runs it with a small interpreter that only calls
-   aten/prims operators, checks logits and causality, and computes the loss over fixed
-   validation windows itself.
+   never imports agent code, nor the training side. It checks the graph
+   (:mod:`autoresearch.harness.graph`: allow-listed operators, every tensor), runs it, checks
+   causality, and computes the loss over fixed validation windows itself.
 
-``autoresearch.runner.measure`` starts both and merges their reports into metrics.json;
+``autoresearch.runner.measure`` runs both around the broker and writes metrics.json;
 ``autoresearch train`` is the one way to run a whole measurement. This module holds what both
 processes share: the fixed evaluation plan, the failure classes, seeding, and ``main``.
 """
