@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import decide as decide_mod
-from autoresearch import edits, guard
+from autoresearch import edits, guard, leak
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.decide import Decision
 from autoresearch.errors import UsageError, one_line
@@ -262,6 +262,7 @@ class Proposer:
         try:
             guard.check_paths([e.path for e in proposal.edits], self.active.ws.editable)
             files = edits.apply_edits(base, proposal.edits)
+            leak.check_files(self.active.data, base, files)  # no validation text (leak.py)
         except edits.EditError as e:
             raise Rejected(str(e), f"edit failed: {one_line(str(e))}") from e
         except guard.GuardViolation as e:

@@ -7,7 +7,7 @@ import statistics
 from typing import Any
 
 from autoresearch import decide as decide_mod
-from autoresearch import guard
+from autoresearch import guard, leak
 from autoresearch import speed as speed_mod
 from autoresearch.decide import Reproduction
 from autoresearch.errors import UsageError, one_line
@@ -42,6 +42,7 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
             files = {p: (wt / p).read_text(encoding="utf-8") for p in a.ws.editable}
             for path, text in files.items():
                 guard.check_source(path, text)
+            leak.check_files(a.data, a.ws.read_files(base), files)  # no validation text
         except (UsageError, guard.GuardViolation) as e:
             a.store.transition(new.id, ES.rejected, reason=one_line(str(e)))
             a.cleanup(new.id, None)
