@@ -19,7 +19,7 @@ from rich.console import Console
 
 from autoresearch import data as data_mod
 from autoresearch import loop as loop_mod
-from autoresearch import report, runner
+from autoresearch import report, runner, unfenced
 from autoresearch.agents import Agent, AgentError, make_agent
 from autoresearch.agents.pricing import price_of
 from autoresearch.config import Settings, load_settings
@@ -253,6 +253,7 @@ def loop(
                                 prompts_dir=ws.root / "prompts", start=done_calls,
                                 model=run.model or None)
                 _check_cap(s, ag)
+                unfenced.check_loop(ag.name, s.sandbox)  # no Landlock: only with --no-sandbox
                 pool = loop_mod.make_workers(s, run.device, ws.experiments_dir)
                 active, redo = loop_mod.resume(s, store, ws, reporter, run, budget)
                 lp = ResearchLoop(active, ag, pool, redo=redo)
@@ -260,6 +261,7 @@ def loop(
                 ag = make_agent(s.agent, settings=s, notice=reporter.notice,
                                 prompts_dir=ws.root / "prompts")
                 _check_cap(s, ag)
+                unfenced.check_loop(ag.name, s.sandbox)  # no Landlock: only with --no-sandbox
                 device = runner.resolve_device(s.device)
                 pool = loop_mod.make_workers(s, device, ws.experiments_dir)
                 _warn_shared_cores(s, device, len(pool), reporter)
