@@ -7,20 +7,32 @@ A prepared dataset is a folder in the cache with three files:
     meta.json   name, sha256 of the whole text, sizes, vocab_size=256, bytes_per_token=1.0
 
 The folder is named ``<name>-<sha256[:12]>``, so preparing the same text again is a no-op.
+
+The "offline" corpus is text *sampled* from a word-level Markov chain fitted on the standard
+library's docstrings, with transition weights perturbed and words drawn from the operating
+system's random source (``random.SystemRandom``: no seed, nothing stored). Each install's corpus
+is different, and its exact text exists only in its cache folder, which the sandboxed training
+process cannot open: it cannot be rebuilt from files every Python process reads. Preparing
+"offline" again reuses the newest such folder; folders of older versions (plain docstrings,
+which any process could rebuild) are never deleted, so old runs find theirs by sha256.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import functools
 import hashlib
 import http.client
 import json
 import os
+import random
+import re
 import shutil
 import sys
 import sysconfig
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -34,7 +46,9 @@ SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-OFFLINE_LIMIT = 1_000_000  # bytes of stdlib docstrings in the "offline" corpus
+OFFLINE_LIMIT = 1_000_000  # bytes of the "offline" corpus (and of the docstrings it is fitted on)
+OFFLINE_GENERATOR = "docstring-markov/v1"  # meta.json "generator" of a sampled offline corpus
+MARKOV_ORDER = 2  # words of context of the offline corpus's chain
 TRAIN_FRACTION = 0.9
 MIN_VAL_TOKENS = 8 * 256 + 1  # one evaluation batch (8 windows of 256) plus its last target
 DOWNLOAD_TIMEOUT = 30.0  # seconds
@@ -65,10 +79,17 @@ def prepare(
     *,
     cache: Path | None = None,
     notice: Callable[[str], None] | None = None,
+    sha256: str | None = None,
 ) -> PreparedData:
-    """Prepare ``dataset`` ("shakespeare", "offline" or a path) in the cache and describe it."""
+    """Prepare ``dataset`` ("shakespeare", "offline" or a path) in the cache and describe it.
+    ``sha256``: the text a run was measured on; when the cache holds it, it is returned as it
+    is (an older offline corpus, a text file changed since)."""
     cache = cache or cache_dir()
     say = notice or (lambda msg: print(msg, file=sys.stderr))
+    if sha256:
+        done = _existing(cache, _name_of(dataset), sha256)
+        if done:
+            return done
     if dataset == "shakespeare":
         done = _existing(cache, "shakespeare", SHAKESPEARE_SHA256)
         if done:
@@ -91,14 +112,23 @@ def prepare(
             )
         return _store(cache, "shakespeare", text)
     if dataset == "offline":
-        return _store(cache, "offline", _offline_text())
+        return _offline(cache, say)
     path = Path(dataset).expanduser()
     if not path.exists():
         raise DataError(
             f"unknown dataset {dataset!r}: use 'shakespeare', 'offline', or a path to a UTF-8 "
             ".txt file or a folder of .txt files"
         )
-    return _store(cache, path.stem if path.is_file() else path.resolve().name, _read_text(path))
+    return _store(cache, _name_of(dataset), _read_text(path))
+
+
+def _name_of(dataset: str) -> str:
+    """The name a dataset's folders start with: "shakespeare", "offline", a file's stem or a
+    folder's name."""
+    if dataset in ("shakespeare", "offline"):
+        return dataset
+    path = Path(dataset).expanduser()
+    return path.stem if path.is_file() else path.resolve().name
 
 
 def load_prepared(path: Path) -> PreparedData:
@@ -128,8 +158,9 @@ def _download(url: str) -> bytes:
 
 
 @functools.lru_cache(maxsize=1)
-def _offline_text(limit: int = OFFLINE_LIMIT) -> bytes:
-    """Docstrings of the standard library's modules, walked in sorted order, capped at limit."""
+def _docstrings(limit: int = OFFLINE_LIMIT) -> bytes:
+    """Docstrings of the standard library's modules, walked in sorted order, capped at limit:
+    what the offline corpus's chain is fitted on (every Python process can read these)."""
     root = Path(sysconfig.get_paths()["stdlib"])
     out: list[bytes] = []
     size = 0
@@ -155,6 +186,89 @@ def _offline_text(limit: int = OFFLINE_LIMIT) -> bytes:
         raise DataError(f"the offline corpus is too small: only {size} bytes of docstrings "
                         f"found under {root}")
     return b"".join(out)
+
+
+_END = "\x00"  # end of a docstring, in the chain
+_WORD = re.compile(r"\S+|\n")
+_BACKOFF = 1.0  # a context seen n times is left for a shorter one with probability 1/(n+1)
+
+
+def _offline_text(limit: int = OFFLINE_LIMIT, rng: random.Random | None = None) -> bytes:
+    """``limit`` bytes sampled from a word-level Markov chain fitted on the standard library's
+    docstrings: up to ``MARKOV_ORDER`` words of context, and a context seen n times hands the
+    draw to the next shorter one with probability 1/(n+1), so rare contexts (a docstring's own
+    wording) do not replay their source word for word. Each context's successor weights are its
+    counts times independent Exp(1) draws (a random reweighting, learnable only from the corpus
+    itself), and every draw comes from ``rng``, by default the operating system's random
+    source: no seed exists that could rebuild the text."""
+    rng = rng or random.SystemRandom()
+    counts: list[dict[tuple[str, ...], dict[str, int]]] = [{} for _ in range(MARKOV_ORDER + 1)]
+    for doc in _docstrings().decode("utf-8", "replace").split("\n\n"):
+        history = [""] * MARKOV_ORDER
+        for word in [*_WORD.findall(doc), _END]:
+            for order in range(MARKOV_ORDER + 1):
+                ctx = tuple(history[len(history) - order:])
+                nxt = counts[order].setdefault(ctx, {})
+                nxt[word] = nxt.get(word, 0) + 1
+            history.append(word)
+    # per order, per context: (successors, cumulative weights, times the context was seen)
+    chain: list[dict[tuple[str, ...], tuple[list[str], list[float], int]]] = []
+    for table in counts:
+        level = {}
+        for ctx, nxt in table.items():
+            total, cum = 0.0, []
+            for n in nxt.values():
+                total += n * rng.expovariate(1.0)
+                cum.append(total)
+            level[ctx] = (list(nxt), cum, sum(nxt.values()))
+        chain.append(level)
+    out: list[bytes] = []
+    size = 0
+    while size < limit:
+        history, words = [""] * MARKOV_ORDER, []
+        while True:
+            order = MARKOV_ORDER
+            while order > 0:  # a context never seen (after a back-off) is left at once
+                node = chain[order].get(tuple(history[len(history) - order:]))
+                if node is not None and rng.random() * (node[2] + _BACKOFF) >= _BACKOFF:
+                    break
+                order -= 1
+            choices, cum, _ = chain[order][tuple(history[len(history) - order:])]
+            word = choices[min(bisect.bisect(cum, rng.random() * cum[-1]), len(cum) - 1)]
+            if word == _END:
+                break
+            words.append(word)
+            history.append(word)
+        chunk = re.sub(r" ?\n ?", "\n", " ".join(words)).strip() + "\n\n"
+        out.append(chunk.encode("utf-8"))
+        size += len(out[-1])
+    return b"".join(out)[:limit]
+
+
+def _offline(cache: Path, say: Callable[[str], None]) -> PreparedData:
+    """The newest sampled offline corpus in the cache, or a new one."""
+    current: list[tuple[float, str, PreparedData]] = []
+    older: list[Path] = []
+    for meta in sorted(cache.glob("offline-*/meta.json")):
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            found = load_prepared(meta.parent)
+        except (OSError, ValueError, DataError):
+            continue
+        if info.get("generator") == OFFLINE_GENERATOR:
+            current.append((float(info.get("prepared_at", 0.0)), meta.parent.name, found))
+        else:
+            older.append(meta.parent)
+    if current:
+        return max(current, key=lambda c: c[:2])[2]
+    text = _offline_text()
+    if older:
+        say(f"built a new offline corpus (sampled, unique to this cache); {older[0]} and any "
+            "other offline folder made by an older version stay for the runs measured on them, "
+            "but new runs do not use them: their validation text can be rebuilt from the "
+            "Python standard library")
+    return _store(cache, "offline", text,
+                  extra={"generator": OFFLINE_GENERATOR, "prepared_at": time.time()})
 
 
 def _read_text(path: Path) -> bytes:
@@ -185,7 +299,8 @@ def _existing(cache: Path, name: str, sha: str) -> PreparedData | None:
     return data if data.sha256 == sha else None
 
 
-def _store(cache: Path, name: str, text: bytes) -> PreparedData:
+def _store(cache: Path, name: str, text: bytes, extra: dict[str, object] | None = None
+           ) -> PreparedData:
     sha = hashlib.sha256(text).hexdigest()
     done = _existing(cache, name, sha)
     if done:
@@ -206,6 +321,7 @@ def _store(cache: Path, name: str, text: bytes) -> PreparedData:
         "train_tokens": split,
         "val_tokens": len(text) - split,
         "total_bytes": len(text),
+        **(extra or {}),
     }
     cache.mkdir(parents=True, exist_ok=True)
     final = cache / f"{name}-{sha[:12]}"

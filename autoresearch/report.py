@@ -11,7 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
-from autoresearch import curves
+from autoresearch import curves, unfenced
 from autoresearch.errors import UsageError
 from autoresearch.explain import compare
 from autoresearch.metrics import Metrics
@@ -70,6 +70,7 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         "delta": e.delta, "seconds": round(e.seconds, 2), "cost_usd": known,
         "calls_with_unknown_cost": unknown, "reason": e.reason, "commit": e.commit,
         "replay_of": e.replay_of,
+        "unfenced": e.id in unfenced.unfenced_experiments(store, [e.id]),  # no sandbox
     }
     c = compare(e)  # the candidate beside the champion on the same seeds, in words
     d |= {"paired_seeds": c.seeds, "value_on_seeds": c.value, "champion_on_seeds": c.champion,
@@ -86,7 +87,7 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
              "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
              "drift": m.drift, "worker": m.worker, "threads": m.threads,
              "concurrency": m.concurrency, "breakdown": breakdown(m.metrics),
-             **mfu_fields(m.metrics)}
+             "sandbox": _sandbox(m.metrics), **mfu_fields(m.metrics)}
             for m in store.measurements(e.id)
         ]
         d["agent_calls"] = [
@@ -114,8 +115,17 @@ def breakdown(metrics_json: str) -> dict[str, Any]:
     return {k: stored.get(k) for k in BREAKDOWN}
 
 
+def _sandbox(metrics_json: str) -> str:
+    """The sandbox a measurement's training ran in, from its stored Metrics."""
+    try:
+        return str(json.loads(metrics_json or "{}").get("sandbox") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
 def history_table(store: Store, rows: list[Experiment]) -> Table:
     costs = store.costs([e.id for e in rows if e.id is not None])
+    bare = unfenced.unfenced_experiments(store, [e.id for e in rows if e.id is not None])
     t = Table(show_edge=False, header_style="bold")
     for col in ("id", "run", "title", "status", "val_bpb", "champion", "seeds", "Δ", "why",
                 "seconds", "cost"):
@@ -132,7 +142,8 @@ def history_table(store: Store, rows: list[Experiment]) -> Table:
         title = e.title if len(e.title) <= 48 else e.title[:47] + "…"
         why = (e.reason or c.short) if c.stage == "failed" else c.short
         why = why if len(why) <= 48 else why[:47] + "…"
-        t.add_row(str(e.id), str(e.run_id), title, e.status.value, value, champ, seeds, delta,
+        status = e.status.value + (" (unfenced)" if e.id in bare else "")
+        t.add_row(str(e.id), str(e.run_id), title, status, value, champ, seeds, delta,
                   why, f"{e.seconds:.0f}", _cost(known, unknown))
     if not rows:
         t.add_row("", "", "(no experiments)", "", "", "", "", "", "", "", "")
@@ -160,6 +171,7 @@ def run_dict(store: Store, r: Run) -> dict[str, Any]:
         "cost_usd": known, "calls": n_calls, "calls_with_unknown_cost": unknown,
         "stop_reason": r.stop_reason, "drifted_measurements": store.drifted(r.id),
         "workers": store.workers(r.id),
+        "unfenced_measurements": unfenced.run_unfenced(store, r.id),
     }
 
 
@@ -172,7 +184,8 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
         d = run_dict(store, r)
         done = sum(d["statuses"].values()) - d["statuses"].get("interrupted", 0)
         agent = r.agent if r.agent == "mock" else f"{r.agent} {r.model}"
-        t.add_row(str(r.id), r.tag or "", d["state"], agent,
+        state = d["state"] + (" (unfenced)" if d["unfenced_measurements"] else "")
+        t.add_row(str(r.id), r.tag or "", state, agent,
                   d["budget"], f"{done}/{r.experiments_planned}",
                   str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
                   _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]),
@@ -230,6 +243,9 @@ def experiment_text(store: Store, e: Experiment) -> str:
     else:
         lines.append(f"val_bpb  {_f(e.val_bpb)}")
     lines.append(f"verdict  {c.words}")
+    bare = [m for m in d["measurements"] if unfenced.is_unfenced(m["sandbox"])]
+    if bare:
+        lines.append(f"sandbox  {unfenced.note(len(bare))}")
     champ_by_seed = champion_by_seed(e)
     for m in d["measurements"]:
         extra = f"  {m['error'].splitlines()[0][:160]}" if m["error"] else ""
@@ -240,7 +256,7 @@ def experiment_text(store: Store, e: Experiment) -> str:
                      f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
                      f"{m['total_seconds']:.1f}s{_speed(m)}"
                      f"{mfu_text(m['mfu'], m['device'] or '', m['device_name'])}"
-                     f"{_where(m)}{extra}")
+                     f"{_where(m)}{_fence(m)}{extra}")
         if m["drift"]:
             lines.append(f"    ! machine speed: {m['drift']}")
     dec = d["decision"]
@@ -274,6 +290,11 @@ def champion_by_seed(e: Experiment) -> dict[int, float]:
         return {int(s): float(v) for s, v in zip(ev["seeds"], ev["champion"], strict=True)}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+def _fence(m: dict[str, Any]) -> str:
+    """'  UNFENCED (sandbox off)' for a measurement line that ran without the sandbox."""
+    return f"  UNFENCED (sandbox {m['sandbox']})" if unfenced.is_unfenced(m["sandbox"]) else ""
 
 
 def _speed(m: dict[str, Any]) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
+import os
+import sysconfig
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoresearch import data
+from autoresearch import data, leak, sandbox
 from autoresearch.errors import DataError
 
 TEXT = "To be, or not to be, that is the question. " * 1000
@@ -65,11 +68,100 @@ def test_unknown_dataset_name_is_a_data_error(tmp_path: Path) -> None:
         data.prepare("wikipedia", cache=tmp_path)
 
 
-def test_offline_corpus_is_deterministic_and_capped(tmp_path: Path) -> None:
+def test_offline_corpus_is_sampled_anew_per_cache_and_reused_once_prepared(
+        tmp_path: Path) -> None:
     a = data.prepare("offline", cache=tmp_path / "one")
     b = data.prepare("offline", cache=tmp_path / "two")
-    assert a.name == "offline" and a.sha256 == b.sha256
-    assert 500_000 < a.train_tokens + a.val_tokens <= data.OFFLINE_LIMIT
+    assert a.name == b.name == "offline"
+    assert a.sha256 != b.sha256  # drawn from the OS's random source: no two installs alike
+    assert a.train_tokens + a.val_tokens == data.OFFLINE_LIMIT
+    text = (a.path / "train.bin").read_bytes() + (a.path / "val.bin").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == a.sha256
+    assert a.path.name == f"offline-{a.sha256[:12]}"
+    meta = json.loads((a.path / "meta.json").read_text())
+    assert meta["generator"] == data.OFFLINE_GENERATOR and "seed" not in meta
+    # preparing again reuses the folder, byte for byte
+    assert data.prepare("offline", cache=tmp_path / "one") == a
+    assert [p.name for p in (tmp_path / "one").iterdir()] == [a.path.name]
+
+
+def test_an_older_offline_folder_stays_and_is_found_by_its_sha256(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    old_text = data._docstrings()  # what older versions stored as the offline corpus
+    old = data._store(cache, "offline", old_text)
+    notices: list[str] = []
+    new = data.prepare("offline", cache=cache, notice=notices.append)
+    assert new.sha256 != old.sha256 and (old.path / "val.bin").read_bytes() == old_text[
+        old.train_tokens:]
+    assert "older version" in notices[0] and "rebuilt" in notices[0]
+    assert data.prepare("offline", cache=cache) == new  # new runs get the sampled one
+    assert data.prepare("offline", cache=cache, sha256=old.sha256) == old  # old runs theirs
+    assert data.prepare("offline", cache=cache, sha256="0" * 64) == new
+
+
+def _python_folders() -> list[Path]:
+    """What every training process may read that Python puts there: its prefixes, its import
+    path and the standard library (the system folders are left out: too large to scan)."""
+    read, _ = sandbox.default_paths(Path("/nonexistent"), Path("/nonexistent"))
+    folders = {Path(p) for p in read if p not in sandbox.SYSTEM_READ and Path(p).is_dir()}
+    folders.add(Path(sysconfig.get_paths()["stdlib"]))
+    return sorted(folders)
+
+
+TEXT_FILES = {".py", ".pyi", ".txt", ".rst", ".md", ".json", ".html"}  # where text is kept
+
+
+def _scan(index: leak.LeakIndex, run: int) -> tuple[list[str], int]:
+    """Files under the Python folders holding ``run`` bytes in a row of the indexed text, and
+    how many bytes were read. Only every (run - window)th window of a file is hashed: any
+    ``run`` bytes of the text contain one of them."""
+    stride = run - index.window
+    powers = np.array([pow(leak._P, index.window - 1 - j, 1 << 64) for j in range(index.window)],
+                      dtype=np.uint64)
+    found, read, seen = [], 0, set()
+    for folder in _python_folders():
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                path = Path(dirpath, name)
+                if path.suffix not in TEXT_FILES:
+                    continue
+                try:
+                    st = path.stat()
+                    key = (st.st_dev, st.st_ino)
+                    if not path.is_file() or st.st_size > 64 << 20 or key in seen:
+                        continue
+                    seen.add(key)
+                    blob = path.read_bytes()
+                except OSError:
+                    continue
+                read += len(blob)
+                if len(blob) < run:
+                    continue
+                buf = np.frombuffer(blob, dtype=np.uint8)
+                starts = np.arange(0, len(blob) - index.window + 1, stride)
+                rows = buf[starts[:, None] + np.arange(index.window)].astype(np.uint64) + 1
+                with np.errstate(over="ignore"):
+                    hashes = (rows * powers).sum(axis=1, dtype=np.uint64)
+                where = np.minimum(np.searchsorted(index._hashes, hashes), len(index._hashes) - 1)
+                hit = index._hashes[where] == hashes
+                for at in starts[hit].tolist():
+                    near = blob[max(0, at - run):at + run]
+                    if any(h.length >= run for h in index.hits(near)):
+                        found.append(str(path))
+                        break
+    return found, read
+
+
+def test_the_offline_validation_text_is_in_no_file_python_can_read(tmp_path: Path) -> None:
+    prepared = data.prepare("offline", cache=tmp_path)
+    index = leak.LeakIndex((prepared.path / "val.bin").read_bytes(), 64)
+    found, read = _scan(index, 512)
+    assert read > 20_000_000  # the standard library alone is bigger than that
+    assert found == []
+    # the scan finds what is there: the docstrings older versions used are in the stdlib
+    old = leak.LeakIndex(data._docstrings()[-100_000:], 64)
+    found, _ = _scan(old, 512)
+    assert any(f.endswith(".py") for f in found)
 
 
 def test_cache_dir_follows_the_environment(tmp_path: Path,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autoresearch import runner
+from autoresearch import runner, unfenced
 from autoresearch.agents import make_agent
 from autoresearch.agents.base import Agent
 from autoresearch.agents.pricing import price_of
@@ -55,6 +55,7 @@ def start(settings: Settings, store: Store, ws: Workspace, agent: Agent, reporte
           experiments: int, workers: list[Worker] | None = None) -> ResearchLoop:
     """A new run, ready to ``execute``: on ``workers`` (default: what the settings ask for).
     An agent made from the settings is checked with ``check_cost_cap`` first."""
+    unfenced.check_loop(agent.name, settings.sandbox)  # no Landlock: only with --no-sandbox
     device = runner.resolve_device(settings.device)
     pool = workers if workers is not None else make_workers(settings, device,
                                                             ws.experiments_dir)
@@ -87,6 +88,7 @@ def resume(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
                        prompts_dir=ws.root / "prompts", start=done_calls,
                        model=run.model or None)
     check_cost_cap(s, agent)
+    unfenced.check_loop(agent.name, s.sandbox)  # no Landlock: only with --no-sandbox
     pool = workers if workers is not None else make_workers(s, run.device, ws.experiments_dir)
     runner.kill_stale(ws.experiments_dir / runner.WARM_DIR)  # a killed loop's spares
     fields: dict[str, Any] = {"state": RunState.running, "stop_reason": None}

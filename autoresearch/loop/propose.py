@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from autoresearch import edits, guard
+from autoresearch import edits, guard, leak
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
@@ -172,6 +172,7 @@ class Proposer:
         try:
             guard.check_paths([e.path for e in proposal.edits], self.active.ws.editable)
             files = edits.apply_edits(base, proposal.edits)
+            leak.check_files(self.active.data, base, files)  # no validation text (leak.py)
         except edits.EditError as e:
             raise Rejected(str(e), f"edit failed: {one_line(str(e))}") from e
         except guard.GuardViolation as e:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from autoresearch import decide as decide_mod
-from autoresearch import guard
+from autoresearch import guard, leak
 from autoresearch.backends import Worker
 from autoresearch.errors import UsageError, one_line
 from autoresearch.loop import record
@@ -43,8 +43,14 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
     assert new.id is not None
     try:
         try:
+            before = a.ws.read_files(base)
+
+            def checked(files: dict[str, str]) -> None:
+                _guarded(files)
+                leak.check_files(a.data, before, files)  # no validation text (leak.py)
+
             done = a.ws.apply_files(new.id, base, exp.diff, message=f"replay of #{exp.id}: "
-                                    f"{exp.title}", check=_guarded)
+                                    f"{exp.title}", check=checked)
         except (ApplyConflict, guard.GuardViolation) as e:
             record.rejected(a, new.id, one_line(str(e)), announce=False)
             raise UsageError(f"cannot replay experiment {exp.id} onto {onto}: {e}") from e

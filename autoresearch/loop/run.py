@@ -226,7 +226,7 @@ def reopen(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, 
     """An existing run, its data found again (and checked: same sha256)."""
     if run.id is None:
         raise UsageError("a run that was never recorded cannot be reopened")
-    data = prepare(run.dataset, notice=reporter.notice)
+    data = prepare(run.dataset, notice=reporter.notice, sha256=run.dataset_sha256)
     if data.sha256 != run.dataset_sha256:
         raise UsageError(
             f"run {run.id} was measured on {run.dataset} ({run.dataset_sha256[:12]}), which "
