@@ -92,6 +92,24 @@ def test_time_budget_clock_starts_at_the_first_batch(tmp_path: Path) -> None:
         assert 4 < run.time_left() <= 5
 
 
+def test_under_a_time_budget_the_next_batch_is_asked_for_ahead(tmp_path: Path) -> None:
+    """A step's batch is drawn while the previous step trains; one asked for in another shape
+    is dropped, and finish() takes the last one off the channel. The broker counts all it
+    served (under a time budget its tokens are bookkeeping)."""
+    budget = Budget(kind="time", amount=30)
+    data = np.arange(1000, dtype=np.int64).astype(np.uint8)
+    with brokered(data, budget, tmp_path) as (channel, served):
+        run = hello_run(channel, budget)
+        run.get_batch(2, 8)
+        run.get_batch(2, 8)  # the one asked for ahead
+        x, y = run.get_batch(3, 8)  # another shape: the one asked ahead is dropped
+        assert x.shape == (3, 8) and torch.equal(x[:, 1:], y[:, :-1])
+        run.finish()  # takes the last one asked for ahead off the channel
+        channel.sendall(b"")  # still open: nothing was left half-read
+    assert run.steps == 3
+    assert (served[0].steps, served[0].tokens) == (5, 3 * 2 * 8 + 2 * 3 * 8)
+
+
 def test_non_finite_loss_is_kept_even_if_train_swallows_it(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     budget = Budget(kind="tokens", amount=100)

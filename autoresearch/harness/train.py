@@ -67,6 +67,7 @@ class Run:
         self._budget = budget
         self._t0: float | None = None  # the broker's clock starts at the first batch
         self._t_stop: float | None = None
+        self._pending: tuple[int, int] | None = None  # a batch asked for ahead, not read yet
         self._pinned: list[torch.Tensor] = []  # CUDA: two page-locked buffers, used in turn
         self._events: list[Any] = []
 
@@ -75,7 +76,12 @@ class Run:
         if isinstance(batch_size, bool) or isinstance(seq_len, bool) \
                 or not isinstance(batch_size, int) or not isinstance(seq_len, int):
             raise ValueError(f"get_batch({batch_size!r}, {seq_len!r}): integers please")
-        send(self._channel, {"op": "batch", "batch_size": batch_size, "seq_len": seq_len})
+        want = (batch_size, seq_len)
+        if self._pending is not None and self._pending != want:
+            self._discard()  # asked for ahead in another shape: the broker counted it anyway
+        if self._pending is None:
+            self._ask(want)
+        self._pending = None
         header, size = read_header(self._channel, max_payload=batch_size * (seq_len + 1))
         if not header.get("ok"):
             message = str(header.get("error"))
@@ -90,8 +96,32 @@ class Run:
         else:
             raw = np.frombuffer(read_exact(self._channel, size), dtype=np.uint8)
             windows = torch.from_numpy(raw.reshape(shape).copy()).to(torch.long)
+        if self._budget.kind == "time":
+            # ask for the next batch of this shape now: the broker draws it while this one
+            # trains, and the next get_batch finds it waiting (a round trip less per step,
+            # where seconds are the budget; under a token budget nothing is asked ahead, so
+            # every token served is a token train() took)
+            self._ask(want)
+            self._pending = want
         x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
         return x.to(self.device), y.to(self.device)
+
+    def _ask(self, shape: tuple[int, int]) -> None:
+        send(self._channel, {"op": "batch", "batch_size": shape[0], "seq_len": shape[1]})
+
+    def _discard(self) -> None:
+        """Read and drop the answer to a batch asked for ahead."""
+        assert self._pending is not None
+        b, t = self._pending
+        self._pending = None
+        _, size = read_header(self._channel, max_payload=b * (t + 1))
+        if size:
+            read_exact(self._channel, size)
+
+    def drain(self) -> None:
+        """Take the answer to a batch asked for ahead off the channel (train() is done)."""
+        if self._pending is not None:
+            self._discard()
 
     def _to_cuda(self, size: int, shape: tuple[int, int]) -> torch.Tensor:
         """Read the batch into a page-locked buffer and copy it to the GPU asynchronously (two
@@ -152,6 +182,7 @@ class Run:
         self._t_stop = time.monotonic()
         if self.curve is not None:
             self.curve.close()
+        self.drain()
         if self.failure is not None:
             raise self.failure
 
@@ -193,6 +224,7 @@ def load_train(source: Path) -> Callable[[Run], Any]:
 def train_phase(args: argparse.Namespace) -> int:
     channel = socket.socket(fileno=int(args.channel.removeprefix("fd:")))
     status, error = RunStatus.crash, ""
+    run: Run | None = None
     try:
         sys.dont_write_bytecode = True  # leave no __pycache__ in the experiment's worktree
         seed_everything(args.seed)
@@ -226,6 +258,9 @@ def train_phase(args: argparse.Namespace) -> int:
     except (Exception, SystemExit) as e:  # agent code may raise anything, sys.exit included
         status = e.status if isinstance(e, HarnessFailure) else RunStatus.crash
         error = describe(e)
+    if run is not None:
+        with contextlib.suppress(Exception):
+            run.drain()
     with contextlib.suppress(OSError):  # the broker stopped listening: it already knows
         send(channel, {"op": "failed", "status": status.value, "error": error})
     channel.close()

@@ -152,7 +152,8 @@ class Broker:
             self._note("ready_at", header.get("ready_at"))  # when its imports were done
             return False
         if op == "batch":
-            self._batch(header)
+            self.sock.settimeout(max(0.001, deadline - time.monotonic()))  # a reader that
+            self._batch(header)  # stops reading cannot hold the broker past the deadline
             return False
         if op == "done":
             self._receive(size, deadline)
