@@ -167,3 +167,20 @@ def test_replacing_a_dead_fork_server_cuts_no_running_job_short(tmp_path: Path) 
         assert old_train.poll() is None and alive(pair.train.proc.proc.pid)
         pair.close()  # the job ends; its retired server follows it out on its own
         assert wait_gone([old_train.pid], 10.0)
+
+
+def test_slots_sharing_a_folder_keep_their_pid_files_apart(tmp_path: Path) -> None:
+    """A loop's workers share one experiments folder: closing one worker's slot leaves the
+    other's waiting processes findable by ``kill_stale`` (a SIGKILLed loop's resume)."""
+    env = integrity.child_env(None)
+    key = runner.slot.warm_key(env, "cpu")
+    with runner.Slot(tmp_path, wait=60.0, fork=False) as first:
+        second = runner.Slot(tmp_path, wait=60.0, fork=False)
+        first.start_pair(key, env, {})
+        second.start_pair(key, env, {})
+        both = warm_pids(tmp_path)
+        assert len(both) == 2 and len(set(both)) == 2  # one pid file each, neither overwritten
+        second.close()
+        left = warm_pids(tmp_path)
+        assert len(left) == 1 and left[0] in both and alive(left[0])
+    assert not (tmp_path / runner.WARM_DIR).exists()  # the last slot out removes the folder

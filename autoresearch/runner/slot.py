@@ -7,6 +7,8 @@ job trains. Each process still serves one measurement and exits; see docs/integr
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -23,6 +25,7 @@ from autoresearch.runner import forks
 from autoresearch.runner.processes import PID_FILE, BoundedLog, Proc
 
 WARM_DIR = "warm"  # under a slot's folder: one folder (with a pid file) per waiting process
+_SLOTS = itertools.count(1)  # slots made by this process
 _T = TypeVar("_T")
 # The evaluation process runs trusted code only, never anything from its working directory: it
 # starts with -S -E (no site-packages .pth files or sitecustomize run, no PYTHON* variables
@@ -161,6 +164,9 @@ class Slot:
     fork: bool = True  # fork servers where they can serve
     _next: Pair | None = field(default=None, init=False)
     _count: int = field(default=0, init=False)
+    # this slot's prefix for its folders under folder/warm: the workers of one loop share a
+    # folder, and one slot's close must not take another's pid files with it
+    _tag: str = field(default_factory=lambda: f"{os.getpid()}-{next(_SLOTS)}", init=False)
     _servers: dict[str, forks.ForkServer] = field(default_factory=dict, init=False)
     _retired: list[forks.ForkServer] = field(default_factory=list, init=False)
     _server_key: tuple[object, ...] | None = field(default=None, init=False)
@@ -204,7 +210,7 @@ class Slot:
         environment, and evaluation; ``installed`` is a signature taken before agent code
         could have run since."""
         self._count += 1
-        warm = self.folder / WARM_DIR / f"{os.getpid()}-{self._count}"
+        warm = self.folder / WARM_DIR / f"{self._tag}-{self._count}"
         # the evaluation first: training is what the job is handed next, so nothing (such as
         # a fork server's imports) should stand between its start and its job
         ev = self._eval(key, warm, env) if with_eval else None
@@ -245,7 +251,7 @@ class Slot:
             return None
         if key != self._server_key or not all(s.alive() for s in self._servers.values()):
             self._end_servers(now=False)  # a job may still run in a child of one of them
-            folder = self.folder / WARM_DIR / f"{os.getpid()}-server-{self._count}"
+            folder = self.folder / WARM_DIR / f"{self._tag}-server-{self._count}"
             self._server_key = key
             for name, cmd, server_env in (
                     ("train", train_cmd("--fork-server", self.wait),
@@ -281,7 +287,10 @@ class Slot:
 
     def close(self) -> None:
         self.discard(servers=True)
-        shutil.rmtree(self.folder / WARM_DIR, ignore_errors=True)
+        for mine in (self.folder / WARM_DIR).glob(f"{self._tag}-*"):
+            shutil.rmtree(mine, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the last slot out removes the folder
+            (self.folder / WARM_DIR).rmdir()
 
     def __enter__(self) -> Slot:
         return self
