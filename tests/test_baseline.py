@@ -18,6 +18,8 @@ from autoresearch.data import PreparedData
 from autoresearch.metrics import Budget, Metrics
 from autoresearch.models import RunStatus
 
+pytestmark = pytest.mark.slow  # the real baseline trains
+
 BASELINE = Path(__file__).resolve().parents[1] / "baseline"
 TOKENS = Budget(kind="tokens", amount=200 * 1024)  # 200 steps of the CPU preset, ~8 s
 UNIGRAM_BITS = 4.31  # entropy of the generated corpus's byte frequencies

@@ -169,6 +169,7 @@ def _process(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[
                 proc.wait()
 
 
+@pytest.mark.slow  # a real loop and a real browser
 def test_the_dashboard_follows_a_running_loop_in_a_real_browser(tmp_path: Path) -> None:
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, ("Chromium is not installed: `apt-get install chromium` (the browser "

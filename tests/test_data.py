@@ -152,6 +152,7 @@ def _scan(index: leak.LeakIndex, run: int) -> tuple[list[str], int]:
     return found, read
 
 
+@pytest.mark.slow  # reads ~430 MB
 def test_the_offline_validation_text_is_in_no_file_python_can_read(tmp_path: Path) -> None:
     prepared = data.prepare("offline", cache=tmp_path)
     index = leak.LeakIndex((prepared.path / "val.bin").read_bytes(), 64)

@@ -75,6 +75,7 @@ def trained(prepared_data: PreparedData, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.mark.parametrize("entry", PRIMARY, ids=lambda e: e.id)
+@pytest.mark.slow  # every playbook entry trains
 def test_an_entry_applies_to_the_baseline_passes_the_guard_and_trains_causally(
         entry: Entry, trained: dict[str, Metrics]) -> None:
     proposal = proposal_for(entry, FILES)

@@ -127,6 +127,7 @@ def test_crash_is_reported_and_run_log_stays_bounded(
     assert "== crash" in log  # the runner's summary, at the very end
 
 
+@pytest.mark.slow  # waits for a 12 s deadline
 def test_hanging_source_and_its_child_are_killed_at_the_deadline(
     prepared_data: PreparedData, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -71,6 +71,7 @@ def test_a_model_agent_without_landlock_is_refused_unless_no_sandbox(
     assert Store(ws / "results.db").runs() == []  # nothing started
 
 
+@pytest.mark.slow  # three real loops
 def test_landlock_fences_a_model_run_and_no_sandbox_marks_every_result_unfenced(
         ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert sandbox.abi() > 0, "this test needs Landlock on the machine"

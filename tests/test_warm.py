@@ -20,7 +20,8 @@ from autoresearch.models import RunStatus
 
 SOURCES = Path(__file__).parent / "sources"
 TOKENS = Budget(kind="tokens", amount=8 * 256 * 4)
-pytestmark = pytest.mark.skipif(ABI == 0, reason="warm starts need the Landlock sandbox")
+pytestmark = [pytest.mark.skipif(ABI == 0, reason="warm starts need the Landlock sandbox"),
+              pytest.mark.slow]  # warm processes and fork servers, each importing torch
 
 
 def alive(pid: int) -> bool:

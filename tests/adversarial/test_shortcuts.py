@@ -33,6 +33,8 @@ from shortcut_catalogue import ALL, BASELINE, ROOT, Shortcut
 from autoresearch.store import Experiment, Measurement, Run, Store
 from autoresearch.workspace import init_workspace
 
+pytestmark = pytest.mark.slow  # two real loops through the CLI
+
 TOKENS = 4096
 TIME_BUDGET = 1.0
 TIMEOUT = 25.0  # the time run's hard deadline: its baseline's training process takes ~8 s

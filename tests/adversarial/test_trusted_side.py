@@ -24,6 +24,8 @@ from shortcut_catalogue import BASELINE, ROOT, SOURCES
 from autoresearch.metrics import Metrics
 from autoresearch.models import RunStatus
 
+pytestmark = pytest.mark.slow  # a dozen real measurements through the CLI
+
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "its", "bed"]
 TOKENS = ["--token-budget", "8192"]
 SECONDS = ["--time-budget", "1"]
