@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,6 @@ from autoresearch.data import PreparedData
 from autoresearch.harness import BudgetExhausted, NonFiniteLoss, command, graph
 from autoresearch.harness import evaluate as evaluation
 from autoresearch.harness import train as training
-from autoresearch.harness.train import Run
 from autoresearch.metrics import Budget, EvalReport
 from autoresearch.models import RunStatus
 from autoresearch.runner import broker as broker_mod
@@ -33,10 +31,6 @@ from autoresearch.runner.broker import Served
 
 SOURCES = Path(__file__).parent / "sources"
 TrainFn = Callable[..., tuple[int, Served, Path]]
-
-
-def make_run(channel: socket.socket, budget: Budget, seed: int = 0) -> Run:
-    return hello_run(channel, budget, seed)
 
 
 # --- Run: what train() sees, as the broker serves it ------------------------------------------
@@ -48,7 +42,7 @@ def test_get_batch_serves_shifted_train_windows_from_the_seed(tmp_path: Path) ->
     xs = []
     for seed in (1, 1, 2):
         with brokered(data, budget, tmp_path, seed=seed) as (channel, served):
-            run = make_run(channel, budget, seed)
+            run = hello_run(channel, budget, seed)
             x, y = run.get_batch(4, 32)
             xs.append(x)
         assert x.shape == y.shape == (4, 32) and x.dtype == torch.long
@@ -61,7 +55,7 @@ def test_get_batch_serves_shifted_train_windows_from_the_seed(tmp_path: Path) ->
 def test_token_budget_refuses_a_batch_it_cannot_cover(tmp_path: Path) -> None:
     budget = Budget(kind="tokens", amount=100)
     with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, served):
-        run = make_run(channel, budget)
+        run = hello_run(channel, budget)
         assert run.time_left() == math.inf
         run.get_batch(2, 32)
         assert run.tokens_left() == 36
@@ -75,7 +69,7 @@ def test_the_client_cannot_count_for_the_broker(tmp_path: Path) -> None:
     """Whatever the training process does to its own Run, the broker counts what it served."""
     budget = Budget(kind="tokens", amount=100)
     with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, served):
-        run = make_run(channel, budget)
+        run = hello_run(channel, budget)
         run.get_batch(2, 32)
         run.tokens = -10_000  # a lie to itself
         with pytest.raises(BudgetExhausted):
@@ -86,7 +80,7 @@ def test_the_client_cannot_count_for_the_broker(tmp_path: Path) -> None:
 def test_time_budget_clock_starts_at_the_first_batch(tmp_path: Path) -> None:
     budget = Budget(kind="time", amount=5)
     with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, _):
-        run = make_run(channel, budget)
+        run = hello_run(channel, budget)
         assert run.time_left() == 5 and run.tokens_left() == math.inf
         run.get_batch(1, 8)
         assert 4 < run.time_left() <= 5
@@ -114,7 +108,7 @@ def test_non_finite_loss_is_kept_even_if_train_swallows_it(
         tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     budget = Budget(kind="tokens", amount=100)
     with brokered(np.zeros(1000, np.uint8), budget, tmp_path) as (channel, _):
-        run = make_run(channel, budget)
+        run = hello_run(channel, budget)
         run.log(step=1, loss=torch.tensor(2.5), note="warmup")
         assert "loss 2.5" in capsys.readouterr().out
         with pytest.raises(NonFiniteLoss):

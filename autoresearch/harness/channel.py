@@ -17,7 +17,6 @@ from typing import Any
 
 PREFIX = struct.Struct("!II")  # header bytes, payload bytes
 MAX_HEADER = 64 * 1024  # a header is a few small fields; anything longer is a broken peer
-FD_ENV = "AUTORESEARCH_CHANNEL_FD"  # not used: the job's arguments name the descriptor
 
 
 class ChannelClosed(Exception):

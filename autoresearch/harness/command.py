@@ -47,7 +47,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--expect-sha256", help="the dataset's sha256, checked by eval")
     p.add_argument("--sandbox", choices=["on", "off"], default="off",
                    help="fence the training process in with Landlock (the runner says on)")
-    p.add_argument("--writable", action="append", help="another folder training may write")
     warm = p.add_mutually_exclusive_group()
     warm.add_argument("--wait-for-job", type=int, metavar="PID",
                       help="start warm: import, then wait for the job's arguments on stdin; "

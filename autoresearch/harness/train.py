@@ -195,7 +195,7 @@ def fence(args: argparse.Namespace) -> None:
     """Put the training process in its Landlock sandbox (see autoresearch/sandbox.py)."""
     from autoresearch import sandbox
 
-    read, write = sandbox.default_paths(Path(args.source), Path.cwd(), args.writable or [])
+    read, write = sandbox.default_paths(Path(args.source), Path.cwd())
     try:
         state = sandbox.restrict(read, write)
     except sandbox.SandboxError as e:

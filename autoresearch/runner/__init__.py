@@ -44,7 +44,6 @@ from autoresearch.runner.slot import (
     Evaluator,
     Pair,
     Slot,
-    Trainer,
     start_eval,
     start_trainer,
     warm_key,
@@ -138,9 +137,9 @@ def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
             # the next job's pair starts as soon as this one's training has its job
             then = (lambda: slot.start_pair(key, env, installed)) \
                 if pair is not None and slot is not None and key is not None else None
-            served, trainer = _train(job, metrics, log, scratch, pair, private / "model.pt",
+            served = _train(job, metrics, log, scratch, pair, private / "model.pt",
                                      env, device, then)
-            metrics = _served(metrics, served, trainer, log, device)
+            metrics = _served(metrics, served, log, device)
             curves.collect(scratch / curves.CURVE_FILE, job.out_dir / curves.CURVE_FILE)
             if changed := integrity.changed_path(installed, integrity.installed_signature()):
                 if slot is not None:
@@ -165,16 +164,13 @@ def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
 
 def _train(job: Job, metrics: Metrics, log: BoundedLog, scratch: Path, pair: Pair | None,
            artifact: Path, env: dict[str, str], device: str,
-           then: Callable[[], None] | None) -> tuple[Served, Trainer]:
+           then: Callable[[], None] | None) -> Served:
     """Hand the training process its job and broker it to its end; its group is dead after."""
-    train_env = integrity.training_env(env, scratch)
     if metrics.sandbox.startswith("landlock"):
         metrics.sandbox += integrity.dataset_exposed(job.data, job.source, scratch)
-    caches = [train_env["TRITON_CACHE_DIR"], train_env["TORCHINDUCTOR_CACHE_DIR"]]
     args = ["--phase", "train", "--source", str(Path(job.source).resolve()),
             *job.budget.cli_args(), "--seed", str(job.seed), "--device", device,
-            "--seq-len", str(job.seq_len), "--sandbox", "on" if job.sandbox else "off",
-            *(a for cache in caches for a in ("--writable", cache))]
+            "--seq-len", str(job.seq_len), "--sandbox", "on" if job.sandbox else "off"]
     if pair is not None:
         metrics.warm = True
         trainer = pair.train
@@ -184,7 +180,8 @@ def _train(job: Job, metrics: Metrics, log: BoundedLog, scratch: Path, pair: Pai
             then()
     else:
         trainer = start_trainer([sys.executable, "-m", "autoresearch.harness", *args],
-                                cwd=scratch, env=train_env, pid_file=job.out_dir / PID_FILE,
+                                cwd=scratch, env=integrity.training_env(env, scratch),
+                                pid_file=job.out_dir / PID_FILE,
                                 log=log, cold=True)
     handed_at = trainer.proc.handed_at
     train_split = np.memmap(Path(job.data) / "train.bin", dtype=np.uint8, mode="r")
@@ -194,14 +191,13 @@ def _train(job: Job, metrics: Metrics, log: BoundedLog, scratch: Path, pair: Pai
     try:
         served = broker.serve(handed_at)
     finally:
-        trainer.proc.kill()  # the whole group, now: the clock has stopped
-    if served.said_hello and "ready_at" in served.reported:
+        trainer.close()  # the whole group, now (the clock has stopped), and its channel
+    if "ready_at" in served.reported:  # said with its hello
         metrics.start_seconds = max(0.0, served.reported["ready_at"] - trainer.proc.started)
-    return served, trainer
+    return served
 
 
-def _served(metrics: Metrics, served: Served, trainer: Trainer, log: BoundedLog,
-            device: str) -> Metrics:
+def _served(metrics: Metrics, served: Served, log: BoundedLog, device: str) -> Metrics:
     """The broker's counts into the metrics; what the process said of itself, for display."""
     said = served.reported
     metrics.steps, metrics.train_tokens = served.steps, served.tokens

@@ -79,7 +79,6 @@ class Served:
     artifact: Path | None = None  # the model's bytes, in a file of this side
     peak_memory_mb: float | None = None  # the process's resident peak, read from /proc
     reported: dict[str, Any] = field(default_factory=dict)  # what the process said of itself
-    said_hello: bool = False  # its trusted start-up finished
 
 
 class Broker:
@@ -147,7 +146,6 @@ class Broker:
             if op != "hello":
                 raise ValueError(f"{op!r} before hello")
             self.t_hello = time.monotonic()
-            self.out.said_hello = True
             self._note("speed_before", header.get("speed_before"))
             self._note("ready_at", header.get("ready_at"))  # when its imports were done
             return False
