@@ -42,6 +42,7 @@ JOBS: dict[str, list[str]] = {  # source -> its budget
     "hidden_weights": TOKENS,
     "leave_notes": TOKENS,
     "leave_notes_again": TOKENS,  # the same source, after the first has left its notes
+    "proc_root": TOKENS,
 }
 
 
@@ -53,8 +54,11 @@ def train(root: Path, corpus: Path, name: str) -> tuple[Metrics, str]:
     if name == "honest":
         (src / "train.py").write_text(BASELINE, encoding="utf-8")
     else:
-        (src / "train.py").write_text(
-            (SOURCES / f"{name.removesuffix('_again')}.py").read_text("utf-8"), encoding="utf-8")
+        text = (SOURCES / f"{name.removesuffix('_again')}.py").read_text("utf-8")
+        datasets = sorted((root / "cache").glob("corpus-*"))  # prepared by the control first
+        if datasets:
+            text = text.replace("DATASET_FOLDER", str(datasets[0]))
+        (src / "train.py").write_text(text, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AUTORESEARCH_CACHE": str(root / "cache")}
     subprocess.run(
         [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "train", "--source",
@@ -159,3 +163,14 @@ def test_a_measurement_finds_nothing_the_last_one_left(
     assert again["parent_cmdline"].startswith("denied")
     assert str(again["pids"]).startswith("denied")  # not even the list of processes
     assert again["own_status"] == "Name"  # its own /proc entries stay readable
+
+
+def test_the_validation_split_is_not_reachable_through_proc_links(
+        measured: dict[str, tuple[Metrics, str]]) -> None:
+    """/proc/self/root leads to the whole file system; the fence judges where a file is, not
+    how its path was spelled, so the dataset stays out of reach by every route."""
+    m, log = measured["proc_root"]
+    assert m.status == RunStatus.ok, _said(m)
+    said = json.loads(log.split("PROCROOT ", 1)[1].splitlines()[0])
+    assert said == {k: "denied: Permission denied" for k in
+                    ("root", "thread_root", "pid_root", "direct")}, said
