@@ -149,6 +149,23 @@ class MeasurementRole(enum.StrEnum):
                 MeasurementRole.champion: MeasurementRole.stale_champion}.get(self, self)
 
 
+class Purpose(enum.StrEnum):
+    """Why a measurement spent device time: what ``runs`` and the dashboard account it to.
+
+    ``MeasurementRole`` says whose code ran (it names the files); ``Purpose`` says which step
+    of the measurement plan asked for it. Rows from before it was recorded read as None."""
+
+    baseline = "baseline"  # the starting code on the run's seeds
+    filler = "filler"  # the baseline on a spare seed, keeping shared cores busy (no value)
+    screen = "screen"  # a candidate's first seed
+    second_stage = "second-stage"  # a candidate's further seeds before any champion re-run
+    confirmation = "confirmation"  # a candidate's last seeds, for the final test
+    champion = "champion"  # the champion re-measured alongside a candidate
+    port = "port"  # a candidate re-measured after being ported onto a new champion
+    replay = "replay"  # ``autoresearch replay``
+    report = "report"  # ``autoresearch report``: fresh seeds, the test split, the ablation
+
+
 class RunState(enum.StrEnum):
     """Where a research run is."""
 

@@ -42,6 +42,7 @@ from autoresearch.models import (
     ExperimentStatus,
     HistoryItem,
     MeasurementRole,
+    Purpose,
     RunState,
     RunStatus,
 )
@@ -154,7 +155,8 @@ class _Enum(TypeDecorator[Any]):
     impl = String
     cache_ok = True
 
-    def __init__(self, enum_type: type[ExperimentKind] | type[MeasurementRole]) -> None:
+    def __init__(self, enum_type: type[ExperimentKind] | type[MeasurementRole] | type[Purpose]
+                 ) -> None:
         super().__init__()
         self.enum_type = enum_type
 
@@ -248,6 +250,8 @@ class Measurement(SQLModel, table=True):
     metrics: str = Field(default="{}", sa_column=Column(Text))
     role: MeasurementRole = Field(default=MeasurementRole.candidate,
                                   sa_column=Column(_Enum(MeasurementRole), nullable=False))
+    # why it ran (device time by purpose); None on rows recorded before purposes were
+    purpose: Purpose | None = Field(default=None, sa_column=Column(_Enum(Purpose), nullable=True))
     speed: float | None = None  # reference GFLOP/s in the training process (autoresearch.speed)
     speed_ratio: float | None = None  # speed / the champion's reference speed at the time
     drift: str | None = None  # why this measurement's machine speed is not comparable, if so
