@@ -1,31 +1,34 @@
-"""Keep, discard or confirm: the noise-aware decision rule.
+"""Keep, discard or measure further: the noise-aware, sequential decision rule.
 
-One experiment is measured on the same seeds as the champion (paired seeds), in two stages:
+A candidate is measured on the champion's seeds (paired seeds) in stages (``stages``): one
+seed, then about half of them, then all K (for K = 3: 1, 2, 3 seeds). With paired differences
+``d_s = cand[s] - champ[s]`` (negative is better) over the n seeds measured so far and the
+noise floor ``sqrt(2) * noise_std`` (the stdev of a difference of two independent draws):
 
-1. **Screen** (the candidate has fewer seeds than planned, normally just ``seeds[0]``): the
-   candidate is *promising* when its mean paired difference beats the champion by more than
-   ``min_delta`` (plus ``screen_z`` standard errors, 0 by default). Promising -> ``confirm``
-   (the loop measures the remaining seeds and calls again); otherwise ``discard``, which saves
-   the compute of the remaining seeds.
-2. **Final** (all K planned seeds): with paired differences ``d_s = cand[s] - champ[s]``,
+- **Stages before the last** only ever *discard*: the candidate goes on ("confirm") while
 
-       sd        = max(stdev(d), sqrt(2) * noise_std)     # the floor alone when K == 1
-       se        = sd / sqrt(K)
-       df        = (K - 1) + noise_df                     # noise_df: baseline seeds - 1
-       threshold = min_delta + t_{1-alpha, df} * se       # z_{1-alpha} when df == 0
-       keep  iff  mean(d) < -threshold
+      mean(d) < -(min_delta + z_stage * sqrt(2) * noise_std / sqrt(n))
 
-   ``sqrt(2) * noise_std`` is the standard deviation of a paired difference when both values
-   are independent draws with the baseline's seed noise (the worst case: time budgets, or a
-   change that alters the RNG stream). The floor keeps a lucky, tiny sample stdev of three
-   differences from shrinking the threshold; the sample stdev keeps a candidate that makes
-   runs noisier from hiding behind the baseline's noise. Degrees of freedom pool the two
-   estimates (each has K - 1); the Monte-Carlo check (docs/integrity.md, tests) puts the
-   false-keep rate of a no-op candidate at about 4% for K = 3 and alpha = 0.05.
+  with ``z_stage`` = ``screen_z`` at one seed and ``second_z`` after (``SCREEN_Z``,
+  ``SECOND_Z``: set from the simulation in benchmarks/keep_rules.py). A null change passes
+  the screen about 30% of the time instead of 50%, and most of those stop at the second stage.
+- **The final test** (all K seeds):
 
-The two stages cannot raise the false-keep rate: a keep needs the final test on *all* K seeds
-(seed 0 included) to pass, so P(keep) <= P(final test passes) <= alpha whatever the screen
-does; the screen only costs power (a real 3-sigma gain fails it about 2% of the time).
+      sd        = max(stdev(d), sqrt(2) * noise_std)     # the floor alone when K == 1
+      se        = sd / sqrt(K)
+      df        = (K - 1) + noise_df
+      threshold = min_delta + t_{1-alpha, df} * se       # z_{1-alpha} when df == 0
+      keep  iff  mean(d) < -threshold
+
+The stages cannot raise the false-keep rate: a keep needs the final test on *all* K seeds to
+pass, so P(keep) = P(every stage passes and the final test passes) <= P(final test passes)
+<= alpha, whatever the earlier stages did; they only cost power and save measurements.
+
+``noise_std`` is the run's noise (``pool_noise``): the baseline's seed-to-seed stdev pooled
+with the spread of every configuration the run measured on several seeds since (never below
+the baseline's own), so its degrees of freedom grow over a run. The floor keeps a lucky, tiny
+sample stdev of three differences from shrinking the threshold; the sample stdev keeps a
+candidate that makes runs noisier from hiding behind the run's noise.
 
 When ``noise_std`` is unknown (one baseline seed, 0, NaN or None) the rule falls back to a
 conservative guess of ``FALLBACK_REL_NOISE`` (1%) of the champion's mean value — about twice
@@ -43,9 +46,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-RULE_NAME = "paired-t-floor/v1"
+RULE_NAME = "sequential-paired-t/v2"
 DEFAULT_ALPHA = 0.05  # target false-keep rate for a candidate that changes nothing
 FALLBACK_REL_NOISE = 0.01  # noise guess when unmeasured: 1% of the value (~2x the CPU data)
+# the bars of the stages before the final test, in standard errors of the mean paired
+# difference (benchmarks/keep_rules.py: the measurements they save against the power they cost)
+SCREEN_Z = 0.3
+SECOND_Z = 0.8
 
 
 class Decision(BaseModel):
@@ -126,6 +133,36 @@ def estimate_noise(values: Mapping[int, float] | Sequence[float]) -> float:
     return statistics.stdev(vals) if len(vals) >= 2 else 0.0
 
 
+def stages(k: int) -> list[int]:
+    """How many seeds a candidate has after each stage of a K-seed plan: one, then about half,
+    then all (K = 3: [1, 2, 3]; K = 5: [1, 3, 5]; K = 2: [1, 2]; K = 1: [1])."""
+    if k < 1:
+        raise ValueError(f"a plan needs at least one seed, got {k}")
+    return sorted({1, (k + 1) // 2, k})
+
+
+def pool_noise(baseline: Sequence[float], groups: Sequence[Sequence[float]] = ()
+               ) -> tuple[float | None, int]:
+    """The run's noise: (stdev, degrees of freedom) pooled over the baseline's values and
+    ``groups`` (each the values of one configuration on different seeds, measured after the
+    baseline); None when nothing has two values.
+
+    Pooled variance = sum((n_i - 1) s_i^2) / sum(n_i - 1). It is never below the baseline's
+    own stdev: a run whose candidates made their own runs unusually alike (code that ignores
+    its seed) cannot shrink the bar the next candidate must clear. A group's values must not
+    have been selected on their own level beyond what inflates their spread (the loop pools
+    the seeds measured after a screen, and champions re-measured alongside)."""
+    usable = [list(map(float, g)) for g in (list(baseline), *groups) if len(g) >= 2]
+    usable = [g for g in usable if all(math.isfinite(v) for v in g)]
+    if not usable:
+        return None, 0
+    df = sum(len(g) - 1 for g in usable)
+    ss = sum((len(g) - 1) * statistics.variance(g) for g in usable)
+    pooled = math.sqrt(ss / df)
+    floor = statistics.stdev(baseline) if len(baseline) >= 2 else 0.0
+    return max(pooled, floor), df
+
+
 @dataclass(frozen=True)
 class _Noise:
     std: float
@@ -183,14 +220,16 @@ def decide(
     seeds: list[int],
     alpha: float = DEFAULT_ALPHA,
     noise_df: int | None = None,
-    screen_z: float = 0.0,
+    screen_z: float = SCREEN_Z,
+    second_z: float = SECOND_Z,
 ) -> Decision:
     """Compare a candidate with the champion on the seeds both have (module docstring).
 
     ``candidate`` maps seed -> val_bpb for the seeds measured so far (a subset of ``seeds``);
     ``champion`` has every seed in ``seeds``. ``noise_std`` is the baseline's seed noise
     (sample stdev over its seeds; ``noise_df`` its degrees of freedom, default
-    ``len(seeds) - 1``). "confirm" asks the loop to measure the remaining seeds and call again.
+    ``len(seeds) - 1``). "confirm" asks the loop to measure the next stage's seeds and call
+    again; the stage is set by how many seeds are measured (``stages``).
     """
     _check_args(champion, seeds, min_delta, alpha)
     paired = [s for s in seeds if s in candidate]
@@ -203,7 +242,7 @@ def decide(
     noise = _noise(noise_std, noise_df, statistics.fmean(float(champion[s]) for s in seeds), k)
     evidence: dict[str, Any] = {
         "rule": RULE_NAME,
-        "stage": "final" if n == k else "screen",
+        "stage": "final" if n == k else "screen" if n == 1 else "second-stage",
         "seeds": paired,
         "seeds_planned": list(seeds),
         "candidate": cand,
@@ -228,23 +267,27 @@ def decide(
     mean, std, floor, se = _paired(deltas, noise)
     evidence |= {"mean": mean, "std": std, "floor_std": floor, "se": se}
 
-    if n < k:  # screen: is it worth measuring the remaining seeds?
-        bar = min_delta + screen_z * se
-        evidence |= {"threshold": bar, "screen_z": screen_z}
+    if n < k:  # a stage before the final test: is it worth measuring further?
+        z = screen_z if n == 1 else second_z
+        se_floor = floor / math.sqrt(n)
+        bar = min_delta + z * se_floor
+        evidence |= {"threshold": bar, "stage_z": z, "se": se_floor}
         where = f"seed{'s' if n > 1 else ''} {', '.join(map(str, paired))}"
+        name = "the screen" if n == 1 else "the second stage"
+        nxt = next(m for m in stages(k) if m > n)
         if mean < -bar:
             return Decision(
                 verdict="confirm",
-                reason=f"promising: Δ {mean:+.4f} on {where} (improvement needed > {bar:.4f});"
-                f" confirming on {k - n} more seed{'s' if k - n > 1 else ''}",
+                reason=f"promising: Δ {mean:+.4f} on {where} (improvement needed > {bar:.4f} at "
+                f"{name}, {z:g}·se); measuring {nxt - n} more seed{'s' if nxt - n > 1 else ''}",
                 threshold=bar,
                 delta=mean,
                 evidence=evidence,
             )
         return Decision(
             verdict="discard",
-            reason=f"discarded at the screen: Δ {mean:+.4f} on {where} "
-            f"(improvement needed > {bar:.4f})",
+            reason=f"discarded at {name}: Δ {mean:+.4f} on {where} "
+            f"(improvement needed > {bar:.4f}, {z:g}·se; {_noise_note(noise)})",
             threshold=bar,
             delta=mean,
             evidence=evidence,

@@ -26,7 +26,7 @@ class Comparison:
     champion: float | None  # the champion's mean on the same seeds
     delta: float | None  # value - champion (negative is better)
     needed: float | None  # the improvement the rule asked for
-    stage: str  # screen | final | baseline | replay | failed | in flight
+    stage: str  # screen | second-stage | final | baseline | replay | failed | in flight
     words: str  # the whole sentence
     short: str  # a few words, for a table cell
 
@@ -98,6 +98,9 @@ def compare(e: Experiment) -> Comparison:
         outcome, short_out = "kept: the new champion", "kept"
     elif stage == "screen":
         outcome, short_out = "discarded at the screen", "discarded at the screen"
+    elif stage == "second-stage":
+        outcome, short_out = (f"discarded at the second stage, on {where}",
+                              "discarded at the second stage")
     else:
         outcome, short_out = f"discarded after confirming on {where}", "discarded"
     words = (f"{where}: {value:.4f} vs champion {champ:.4f} on {where}{mean}: {how}; "

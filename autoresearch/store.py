@@ -530,6 +530,16 @@ class Store:
         return self._add(Measurement(experiment_id=experiment_id, **columns, **fields,
                                      metrics=metrics.model_dump_json()))
 
+    def run_measurements(self, run_id: int
+                         ) -> list[tuple[ExperimentKind, int, Measurement]]:
+        """Every measurement of a run's experiments, with its experiment's kind and id, in the
+        order they were recorded."""
+        with self._tx() as s:
+            q = (select(Experiment.kind, Experiment.id, Measurement)
+                 .join(Measurement, col(Measurement.experiment_id) == col(Experiment.id))
+                 .where(Experiment.run_id == run_id).order_by(col(Measurement.id)))
+            return [(ExperimentKind(k), int(i or 0), _detach(m)) for k, i, m in s.exec(q).all()]
+
     def restage(self, exp_id: int) -> None:
         """Mark an experiment's measurements as made on a champion since replaced
         (``MeasurementRole.staled``): a candidate ported onto a new champion keeps the evidence

@@ -12,7 +12,7 @@ from autoresearch.errors import UsageError, one_line
 from autoresearch.loop import record
 from autoresearch.loop.drift import machine_note
 from autoresearch.loop.run import ActiveRun
-from autoresearch.models import ExperimentKind, ExperimentStatus
+from autoresearch.models import ExperimentKind, ExperimentStatus, Purpose
 from autoresearch.store import Experiment
 from autoresearch.workspace import ApplyConflict
 
@@ -57,7 +57,7 @@ def replay(a: ActiveRun, worker: Worker, exp: Experiment, *, onto: str, seeds: i
         a.store.transition(new.id, ES.applied, commit=done.commit, diff=done.diff)
         a.store.transition(new.id, ES.running)
         a.reporter.phase(new.id, exp.seq, new.title, f"measuring seeds {seed_list}")
-        values, failed = a.run_seeds(worker, new.id, done.wt, seed_list)
+        values, failed = a.run_seeds(worker, new.id, done.wt, seed_list, Purpose.replay)
         a.cleanup(new.id, None)
     except KeyboardInterrupt as e:
         record.interrupted(a, new.id, e)

@@ -22,10 +22,11 @@ from autoresearch.backends import Job, Worker
 from autoresearch.config import Settings
 from autoresearch.data import PreparedData, prepare
 from autoresearch.decide import Decision
+from autoresearch.decide import pool_noise as decide_noise
 from autoresearch.errors import AutoresearchError, UsageError
 from autoresearch.loop.drift import DriftWatch
 from autoresearch.metrics import Budget, Metrics
-from autoresearch.models import MeasurementRole, Proposal, RunStatus
+from autoresearch.models import ExperimentKind, MeasurementRole, Proposal, Purpose, RunStatus
 from autoresearch.store import Experiment, Run, Store
 from autoresearch.workspace import Workspace
 
@@ -132,6 +133,28 @@ class ActiveRun:
                 for m in self.store.measurements(exp_id, role=MeasurementRole.candidate)
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
+    def noise(self) -> tuple[float | None, int]:
+        """The run's noise and its degrees of freedom (``decide.pool_noise``): the baseline's
+        seeds pooled with every configuration measured on several seeds since — a candidate's
+        seeds after its screen (the screen selected the first one for being low, which would
+        inflate the spread, never shrink it, but it is left out all the same), each champion
+        re-measured alongside, each ported candidate."""
+        baseline: list[float] = []
+        groups: dict[tuple[int, MeasurementRole], list[float]] = {}
+        first = self.seeds[0]
+        for kind, exp_id, m in self.store.run_measurements(self.id):
+            if m.status != RunStatus.ok or m.val_bpb is None or m.role is MeasurementRole.filler:
+                continue
+            if kind is ExperimentKind.baseline:
+                if m.role is MeasurementRole.candidate:
+                    baseline.append(m.val_bpb)
+            elif kind is ExperimentKind.candidate:
+                own = m.role in (MeasurementRole.candidate, MeasurementRole.stale)
+                if own and m.seed == first and m.purpose is not Purpose.port:
+                    continue
+                groups.setdefault((exp_id, m.role), []).append(m.val_bpb)
+        return decide_noise(baseline, list(groups.values()))
+
     def seconds(self, exp_id: int) -> float:
         return sum(m.total_seconds for m in self.store.measurements(exp_id))
 
@@ -149,10 +172,10 @@ class ActiveRun:
 
     # -- measuring --------------------------------------------------------------------------
     def run_seeds(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
-                  role: MeasurementRole = MeasurementRole.candidate
+                  purpose: Purpose, role: MeasurementRole = MeasurementRole.candidate
                   ) -> tuple[dict[int, float], Metrics | None]:
-        """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored; stop at the
-        first failure (the 2nd item).
+        """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored with why it
+        ran (``purpose``); stop at the first failure (the 2nd item).
         ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
         values: dict[int, float] = {}
         for seed in seeds:
@@ -166,7 +189,7 @@ class ActiveRun:
             if self.stopping is not None:
                 raise Stopping(self.stopping)
             speed = self._drift.observe(self.store, self.run, self.reporter, exp_id, seed, m)
-            self.store.add_measurement(exp_id, m, role=role, **speed)
+            self.store.add_measurement(exp_id, m, role=role, purpose=purpose, **speed)
             if not m.ok:
                 return values, m
             assert m.val_bpb is not None

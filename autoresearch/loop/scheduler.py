@@ -36,6 +36,7 @@ from autoresearch.models import (
     ExperimentStatus,
     MeasurementRole,
     Proposal,
+    Purpose,
     RunState,
 )
 from autoresearch.store import Run
@@ -315,4 +316,5 @@ def _measure_seed(a: ActiveRun, exp_id: int, wt: Path, seed: int, role: Measurem
                   worker: Worker | None = None
                   ) -> tuple[dict[int, float], Metrics | None, MeasurementRole]:
     assert worker is not None
-    return (*a.run_seeds(worker, exp_id, wt, [seed], role=role), role)
+    purpose = Purpose.filler if role is MeasurementRole.filler else Purpose.baseline
+    return (*a.run_seeds(worker, exp_id, wt, [seed], purpose, role=role), role)

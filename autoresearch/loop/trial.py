@@ -3,11 +3,15 @@ rule, and the port onto a champion that moved meanwhile. ``record`` writes how i
 
 The plan, by budget:
 
-- tokens: the first seed; a clear loss is discarded at once, a promising one measured on the
-  other seeds and judged on all of them (paired with the champion's stored values);
-- wall-clock: the first seed, screened against the champion's stored values; a promising one
-  is judged against the champion re-measured alongside it, seed by seed, on the same worker
-  (stored values from another hour of the machine would not compare like with like).
+- stage by stage (``decide.stages``; for 3 seeds: the screen on one, a second stage on two,
+  the final test on three), each stage before the last compared with the champion's stored
+  values and only able to discard; a candidate stops at the first stage that discards it;
+- the final test, under a token budget, on the stored values too; under a wall-clock budget
+  on the champion re-measured alongside the candidate's last seeds, on the same worker (stored
+  values from another hour of the machine would not compare like with like).
+
+Every measurement records why it ran (``Purpose``: screen, second stage, confirmation,
+champion, port), which ``runs`` and the dashboard account device time by.
 
 A candidate is judged against the champion it was proposed on. If it wins and the champion has
 moved meanwhile, its diff is applied onto the new champion (three-way) and measured there on
@@ -29,7 +33,7 @@ from autoresearch.loop import context as context_mod
 from autoresearch.loop import record
 from autoresearch.loop.propose import Proposer, Rejected
 from autoresearch.loop.run import ActiveRun, Candidate, LoopStopped, Outcome, Stopping
-from autoresearch.models import ExperimentStatus, MeasurementRole
+from autoresearch.models import ExperimentStatus, MeasurementRole, Purpose
 from autoresearch.store import Experiment, StaleWin
 from autoresearch.workspace import ApplyConflict
 
@@ -90,62 +94,76 @@ def _settle(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -
 
 # -- the measurement plan and the judge -----------------------------------------------------------
 def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> Outcome:
-    """The candidate measured and judged against its champion (``parent``). ``screen``: one
-    seed first, the others only if it is promising (a fresh candidate); else every seed (a
-    candidate ported onto a new champion)."""
-    if a.budget.kind == "time" and not screen:
-        return _alongside(a, worker, cand, {}, None)
-    values, failed = a.run_seeds(worker, cand.exp_id, cand.wt,
-                                 a.seeds[:1] if screen else a.seeds)
+    """The candidate measured and judged against its champion (``parent``), stage by stage
+    (``decide.stages``: for 3 seeds, one, then two, then three), stopping as soon as a stage
+    discards it. The stages before the last compare with the champion's stored values; the
+    final test under a token budget too, and under a time budget with the champion re-measured
+    alongside (``_alongside``). ``screen`` False (a candidate ported onto a new champion):
+    every seed at once, nothing staged."""
+    k = len(a.seeds)
+    plan = decide_mod.stages(k) if screen else [k]
     champion = a.values(cand.parent_id)
-    if failed is not None:
-        return Outcome(values, champion, None, failed)
-    verdict = judge(a, cand.exp_id, values, champion)
-    if verdict.verdict == "discard" or not screen:
-        return Outcome(values, champion, verdict)
-    if a.budget.kind == "time":
-        # wall-clock results depend on the machine's speed at the time: a promising
-        # candidate is judged against the champion re-measured alongside it
-        return _alongside(a, worker, cand, values, verdict)
-    if verdict.verdict == "confirm":
-        rest = [s for s in a.seeds if s not in values]
-        a.store.transition(cand.exp_id, ES.running)
-        a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
-                         f"confirming on seeds {rest}")
-        more, failed = a.run_seeds(worker, cand.exp_id, cand.wt, rest)
-        values.update(more)
+    values: dict[int, float] = {}
+    verdict: Decision | None = None
+    timed = a.budget.kind == "time"
+    for n in plan:
+        if n == k and timed and (values or not screen):
+            # wall-clock results depend on the machine's speed at the time: the final test
+            # pairs the candidate with the champion re-measured alongside it, seed by seed
+            return _alongside(a, worker, cand, values, verdict)
+        todo = a.seeds[len(values):n]
+        if values:
+            a.store.transition(cand.exp_id, ES.running)
+            a.reporter.phase(cand.exp_id, cand.seq, cand.proposal.title,
+                             f"promising; measuring seed{'s' if len(todo) > 1 else ''} "
+                             f"{', '.join(map(str, todo))}")
+        purpose = (Purpose.port if not screen else Purpose.screen if not values
+                   else Purpose.confirmation if n == k else Purpose.second_stage)
+        got, failed = a.run_seeds(worker, cand.exp_id, cand.wt, todo, purpose)
+        values.update(got)
         if failed is not None:
             return Outcome(values, champion, None, failed)
         verdict = judge(a, cand.exp_id, values, champion)
-    return Outcome(values, champion, verdict)
+        if n == k and timed and verdict.verdict == "keep":
+            # one seed planned: it was a screen against stored values; confirm it alongside
+            return _alongside(a, worker, cand, values, verdict)
+        if verdict.verdict != "confirm":
+            return Outcome(values, champion, verdict)
+    raise AssertionError("the last stage of a plan always decides")  # pragma: no cover
 
 
 def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float]
           ) -> Decision:
-    """The keep rule on the candidate's values against the champion's (paired by seed); the
-    experiment is ``measured`` meanwhile."""
+    """The keep rule on the candidate's values against the champion's (paired by seed), with
+    the run's pooled noise; the experiment is ``measured`` meanwhile."""
     a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
-    return decide_mod.decide(values, champion, noise_std=a.run.noise_std or 0.0,
+    noise, df = a.noise()
+    return decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
                              min_delta=a.run.min_delta, seeds=a.seeds)
 
 
 def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, float],
                stored: Decision | None) -> Outcome:
-    """Measure the champion on every seed, each next to the candidate's run on that seed
-    (candidate s0 was just measured, if screened; then champion s0, champion s1, candidate s1,
-    champion s2, candidate s2, ...), on the same worker, so both values of a pair ran in the
-    same conditions; then decide on those pairs."""
+    """Measure the champion on every seed next to the candidate's runs, on the same worker, so
+    both values of a pair ran in the same conditions, then decide on those pairs. The seeds the
+    candidate has already (its earlier stages) get the champion's runs first, in the same
+    order, then each remaining seed the champion's run and the candidate's, back to back:
+    for 3 seeds cand s0, cand s1 | champ s0, champ s1, champ s2, cand s2 — every pair at most
+    two runs apart. ``stored`` is the last stage's verdict against the stored values (None for
+    a port)."""
     exp_id = cand.exp_id
-    if stored is not None:  # after a screen (measured); a port's caller set it running
+    if stored is not None:  # after a stage (measured); a port's caller set it running
         a.store.transition(exp_id, ES.running)
     a.reporter.phase(exp_id, cand.seq, cand.proposal.title,
                      f"confirming alongside the champion on seeds {a.seeds}")
     champ_wt = a.ws.create_worktree(exp_id, cand.parent_commit, branch=None, name="champion")
     control: dict[int, float] = {}
     values = dict(values)
+    own = Purpose.port if stored is None else Purpose.confirmation
     try:
-        for seed in a.seeds:
-            got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], role=MeasurementRole.champion)
+        for seed in [s for s in a.seeds if s in values] + [s for s in a.seeds if s not in values]:
+            got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], Purpose.champion,
+                                   role=MeasurementRole.champion)
             if bad is not None:
                 a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(
                     values.values()) if values else None)
@@ -156,7 +174,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
                     f"{bad.seed} ({bad.status.value}): {one_line(bad.error)}"))
             control.update(got)
             if seed not in values:
-                got, bad = a.run_seeds(worker, exp_id, cand.wt, [seed])
+                got, bad = a.run_seeds(worker, exp_id, cand.wt, [seed], own)
                 if bad is not None:
                     return Outcome(values, control, None, bad)
                 values.update(got)
