@@ -326,6 +326,8 @@ def runs(as_json: JsonOut = False) -> None:
             out.print_json(json.dumps([report.run_dict(store, r) for r in rows]))
             return
         out.print(report.runs_table(store, rows))
+        for r in rows:
+            out.print(report.device_time_text(store, r), markup=False)
 
 
 @app.command()

@@ -15,7 +15,8 @@ from autoresearch import curves, unfenced
 from autoresearch.errors import UsageError
 from autoresearch.explain import compare
 from autoresearch.metrics import Metrics
-from autoresearch.store import Experiment, Judged, Run, Store, read_decision
+from autoresearch.models import ExperimentKind, MeasurementRole, Purpose
+from autoresearch.store import Experiment, Judged, Measurement, Run, Store, read_decision
 from autoresearch.workspace import Workspace
 
 
@@ -69,7 +70,7 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         "status": e.status.value, "val_bpb": e.val_bpb, "champion_bpb": e.champion_bpb,
         "delta": e.delta, "seconds": round(e.seconds, 2), "cost_usd": known,
         "calls_with_unknown_cost": unknown, "reason": e.reason, "commit": e.commit,
-        "replay_of": e.replay_of,
+        "replay_of": e.replay_of, "measurements_count": len(store.measurements(e.id)),
         "unfenced": e.id in unfenced.unfenced_experiments(store, [e.id]),  # no sandbox
     }
     c = compare(e)  # the candidate beside the champion on the same seeds, in words
@@ -84,7 +85,8 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
             {"seed": m.seed, "status": m.status, "val_bpb": m.val_bpb, "val_loss": m.val_loss,
              "steps": m.steps, "train_tokens": m.train_tokens, "train_seconds": m.train_seconds,
              "total_seconds": m.total_seconds, "params": m.params, "error": m.error,
-             "role": m.role, "speed_gflops": m.speed, "speed_ratio": m.speed_ratio,
+             "role": m.role, "purpose": m.purpose, "speed_gflops": m.speed,
+             "speed_ratio": m.speed_ratio,
              "drift": m.drift, "worker": m.worker, "threads": m.threads,
              "concurrency": m.concurrency, "breakdown": breakdown(m.metrics),
              "sandbox": _sandbox(m.metrics), **mfu_fields(m.metrics)}
@@ -150,6 +152,70 @@ def history_table(store: Store, rows: list[Experiment]) -> Table:
     return t
 
 
+PURPOSE_ORDER = [p.value for p in Purpose]
+
+
+def _purpose(kind: ExperimentKind, m: Measurement, first_seed: int) -> str:
+    """Why a measurement ran; for rows from before it was recorded, inferred from its role."""
+    if m.purpose is not None:
+        return m.purpose.value
+    if kind is ExperimentKind.baseline:
+        return (Purpose.filler if m.role is MeasurementRole.filler else Purpose.baseline).value
+    if kind is ExperimentKind.replay:
+        return Purpose.replay.value
+    if m.role in (MeasurementRole.champion, MeasurementRole.stale_champion):
+        return Purpose.champion.value
+    return (Purpose.screen if m.seed == first_seed else Purpose.confirmation).value
+
+
+def device_time(store: Store, r: Run) -> dict[str, Any]:
+    """Device time by purpose (measurements and seconds, setup and evaluation included) and
+    the measurements spent per candidate experiment."""
+    assert r.id is not None
+    first = r.seed_list[0] if r.seed_list else 0
+    by: dict[str, dict[str, float]] = {}
+    per_candidate = 0
+    measured: set[int] = set()
+    for kind, exp_id, m in store.run_measurements(r.id):
+        p = _purpose(kind, m, first)
+        slot = by.setdefault(p, {"measurements": 0, "seconds": 0.0})
+        slot["measurements"] += 1
+        slot["seconds"] += m.total_seconds
+        if kind is ExperimentKind.candidate:
+            per_candidate += 1
+            measured.add(exp_id)
+    candidates = len(measured)
+    order = {p: i for i, p in enumerate(PURPOSE_ORDER)}
+    return {
+        "by_purpose": {p: {"measurements": int(v["measurements"]),
+                           "seconds": round(v["seconds"], 1)}
+                       for p, v in sorted(by.items(), key=lambda kv: order.get(kv[0], 99))},
+        "seconds": round(sum(v["seconds"] for v in by.values()), 1),
+        "measured_candidates": candidates,
+        "measurements_per_candidate": (round(per_candidate / candidates, 2) if candidates
+                                       else None),
+    }
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+    if seconds >= 60:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{seconds:.0f}s"
+
+
+def device_time_text(store: Store, r: Run) -> str:
+    """'run 3: 1h02m of device time, 2.1 measurements per candidate: screen 20m (10), ...'"""
+    d = device_time(store, r)
+    parts = [f"{p} {_duration(v['seconds'])} ({v['measurements']})"
+             for p, v in d["by_purpose"].items()]
+    per = d["measurements_per_candidate"]
+    return (f"run {r.id}: {_duration(d['seconds'])} of device time"
+            + (f", {per:.2f} measurements per candidate" if per is not None else "")
+            + (": " + ", ".join(parts) if parts else ""))
+
+
 def run_dict(store: Store, r: Run) -> dict[str, Any]:
     assert r.id is not None
     exps = store.experiments(run_id=r.id)
@@ -172,13 +238,14 @@ def run_dict(store: Store, r: Run) -> dict[str, Any]:
         "stop_reason": r.stop_reason, "drifted_measurements": store.drifted(r.id),
         "workers": store.workers(r.id),
         "unfenced_measurements": unfenced.run_unfenced(store, r.id),
+        "device_time": device_time(store, r),
     }
 
 
 def runs_table(store: Store, rows: list[Run]) -> Table:
     t = Table(show_edge=False, header_style="bold")
     for col in ("run", "tag", "state", "agent", "budget", "done", "kept", "baseline",
-                "champion", "cost", "workers", "drift"):
+                "champion", "meas/cand", "cost", "workers", "drift"):
         t.add_column(col)
     for r in rows:
         d = run_dict(store, r)
@@ -188,10 +255,11 @@ def runs_table(store: Store, rows: list[Run]) -> Table:
         t.add_row(str(r.id), r.tag or "", state, agent,
                   d["budget"], f"{done}/{r.experiments_planned}",
                   str(d["statuses"].get("kept", 0)), _f(d["baseline_bpb"]),
-                  _f(d["champion_bpb"]), _cost(d["cost_usd"], d["calls_with_unknown_cost"]),
+                  _f(d["champion_bpb"]), _f(d["device_time"]["measurements_per_candidate"], ".2f"),
+                  _cost(d["cost_usd"], d["calls_with_unknown_cost"]),
                   _workers(d["workers"]), _drift(d["drifted_measurements"]))
     if not rows:
-        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "", "", "")
+        t.add_row("", "", "(no runs)", "", "", "", "", "", "", "", "", "", "")
     return t
 
 
@@ -252,7 +320,8 @@ def experiment_text(store: Store, e: Experiment) -> str:
         versus = (f" (champion {champ_by_seed[m['seed']]:.4f})"
                   if m["seed"] in champ_by_seed and m["role"] == "candidate" else "")
         who = ROLE_LABEL.get(m["role"], f" {m['role']}")
-        lines.append(f"  seed {m['seed']}{who}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
+        why = f" [{m['purpose']}]" if m["purpose"] else ""
+        lines.append(f"  seed {m['seed']}{who}{why}: {m['status']:<13} val_bpb {_f(m['val_bpb'])}"
                      f"{versus}  steps {m['steps']}  tokens {m['train_tokens']:,}  "
                      f"{m['total_seconds']:.1f}s{_speed(m)}"
                      f"{mfu_text(m['mfu'], m['device'] or '', m['device_name'])}"

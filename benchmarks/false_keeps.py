@@ -13,13 +13,15 @@ bigram source with N proposals that make no difference to the model's quality:
   under any budget.
 
 Every measurement the loop makes is kept in its store. The figure compares, on those same
-measurements, our rule (decide.decide, as the loop applied it: screen on the first seed,
-confirmation on the rest) with the naive rule (keep_rules.naive_decide: keep when the first seed
-is lower than the champion's at all), both against the champion the loop had at the time.
+measurements, our rule (decide.decide, as the loop applied it: stage by stage, the screen on
+the first seed, the second stage, the final test on all seeds) with the naive rule
+(keep_rules.naive_decide: keep when the first seed is lower than the champion's at all), both
+against the champion the loop had at the time. It also prints the measurements the loop spent
+per candidate (champion re-measurements included).
 
-Under a time budget a candidate that passes the screen is judged against the champion
-re-measured alongside it (loop.py), so "ours" includes that re-measurement; the naive rule
-compares the first seed with the champion's stored value, as a careless loop would.
+Under a time budget a candidate that survives the earlier stages is judged against the
+champion re-measured alongside it (loop/trial.py), so "ours" includes that re-measurement; the
+naive rule compares the first seed with the champion's stored value, as a careless loop would.
 
 ``--drift`` runs three loops in a row: a steady machine, then a CPU-bound background load
 (benchmarks/cpu_load.py, two busy processes per core) kept on while the baseline is measured
@@ -200,8 +202,11 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
                      f"ours {exp.status.value}, naive {verdict.verdict}", markup=False)
         if exp.status == ExperimentStatus.kept:
             champion = values(exp.id)
+    spent = sum(len(store.measurements(e.id)) for e in exps  # type: ignore[arg-type]
+                if e.kind == "candidate")
     store.close()
     return {"ours": ours, "naive": naive, "measured": measured, "failed": failed,
+            "per_candidate": spent / max(len([e for e in exps if e.kind == "candidate"]), 1),
             "noise": run.noise_std, "seconds": seconds, "budget": loop.active.budget.describe(),
             "dataset": run.dataset, "drifted": len(store.drifted(run.id))}
 
@@ -248,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         failed = f", {len(r['failed'])} failed runs left out" if r["failed"] else ""
         where = f"{SCENARIOS[scenario]}, {r['drifted']} measurements flagged as drift, " \
             if args.drift else ""
-        print(f"false keeps: ours {pct(r['ours'])}, naive {pct(r['naive'])}  [{where}"
+        print(f"false keeps: ours {pct(r['ours'])}, naive {pct(r['naive'])}; "
+              f"{r['per_candidate']:.2f} measurements per candidate  [{where}"
               f"{args.workers} worker{'s' if args.workers > 1 else ''}, "
               f"K={args.seeds} seeds, {r['budget']} budget, {DESCRIBE[args.proposals]}, "
               f"baseline noise {noise}, data {Path(r['dataset']).name}, "

@@ -1,18 +1,27 @@
-"""Research yield: how much the offline playbook agent improves the baseline in N experiments.
+"""Research yield: how much a loop improves the baseline, measured on fresh seeds, per device-hour.
 
 Runs the real loop (``autoresearch loop --agent playbook``) in a fresh workspace, then measures
 the final champion and the baseline side by side on fresh seeds the loop never used
 (interleaved: baseline seed s, champion seed s, ...), and prints the baseline and champion
-val_bpb (mean ± sd), the drop in %, the kept changes with their deltas, and whether the gain
-reproduces beyond the noise on the fresh seeds (the loop's own keep rule, applied to them).
+val_bpb (mean ± sd), the drop in %, the device time the loop spent, the fresh-seed gain per
+device-hour, the kept changes with their deltas, and whether the gain reproduces beyond the
+noise on the fresh seeds (the loop's own keep rule, applied to them).
+
+``--rule naive`` also runs the same agent with the rule of the public reference loop — one run
+per idea on one seed, kept whenever it is lower than the champion's value at all — for the
+same device time (as many measurements as the first loop spent, baseline included), then
+measures the baseline and both champions on the same fresh seeds, interleaved, and prints both
+gains per device-hour. The naive rule is patched into this process only: the product has no
+such rule.
 
     python benchmarks/research_yield.py --data ../shared/data/tinyshakespeare.txt
+    python benchmarks/research_yield.py --rule naive --experiments 10 --time-budget 20
     python benchmarks/research_yield.py --data offline --experiments 4 --time-budget 10  # smoke
 
 Target (issue 9): >= 10% lower val_bpb than the baseline after 20 experiments at 60 s on a
 2-core CPU, reproduced on the fresh seeds. The full default run takes about 40-60 minutes on
-a quiet machine, and about 100 when other jobs load the cores (each measurement then takes
-2-3 minutes of wall clock for its 60 s of training).
+a quiet machine, and about 100 when other jobs load the cores. Target (issue 20): the loop's
+fresh-seed gain per device-hour above the naive rule's.
 """
 
 from __future__ import annotations
@@ -24,11 +33,21 @@ import sys
 import tempfile
 from pathlib import Path
 
-from autoresearch import data, decide, runner
+from keep_rules import naive_decide  # benchmarks/, this script's folder
+from rich.console import Console
+
+from autoresearch import data, decide, report, runner
+from autoresearch.agents.playbook import PlaybookAgent
+from autoresearch.backends import Worker
+from autoresearch.config import Settings
+from autoresearch.loop import start
+from autoresearch.loop import trial as trial_mod
+from autoresearch.loop.run import ActiveRun, Candidate, Outcome
 from autoresearch.metrics import Budget
-from autoresearch.models import ExperimentStatus
-from autoresearch.store import Store
-from autoresearch.workspace import init_workspace
+from autoresearch.models import ExperimentStatus, Purpose
+from autoresearch.progress import PlainReporter
+from autoresearch.store import Run, Store
+from autoresearch.workspace import Workspace, init_workspace
 
 
 def main() -> int:
@@ -41,80 +60,165 @@ def main() -> int:
     ap.add_argument("--fresh-seeds", type=int, default=3, help="seeds 100.. for the final check")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--agent", default="playbook")
+    ap.add_argument("--rule", choices=("ours", "naive"), default="ours",
+                    help="naive: also run the reference loop's rule for the same device time")
     ap.add_argument("--workspace", type=Path, default=None,
-                    help="keep the workspace here (default: a temporary folder)")
+                    help="keep the workspaces here (default: a temporary folder)")
     args = ap.parse_args()
-
+    if args.rule == "naive" and args.agent != "playbook":
+        ap.error("--rule naive runs the offline playbook agent")
     if args.workspace is not None:
         return run(args, args.workspace)
     with tempfile.TemporaryDirectory(prefix="research-yield-") as tmp:
-        return run(args, Path(tmp) / "ws")
+        return run(args, Path(tmp))
 
 
-def run(args: argparse.Namespace, ws: Path) -> int:
+def say(line: str) -> None:
+    print(f"research_yield: {line}", flush=True)
+
+
+def our_loop(args: argparse.Namespace, ws: Path) -> bool:
     init_workspace(ws)
-    prepared = data.prepare(args.data)
     cmd = [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "loop",
            "--agent", args.agent, "--budget", str(args.experiments),
            "--time-budget", str(args.time_budget), "--seeds", str(args.seeds),
            "--device", args.device, "--dataset", args.data]
-    print("research_yield: " + " ".join(cmd[1:]), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        print("research_yield: the loop failed")
-        return 1
+    say(" ".join(cmd[1:]))
+    return subprocess.run(cmd).returncode == 0
 
+
+def naive_measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> Outcome:
+    """The reference loop's plan: one run on the first seed, kept if lower at all."""
+    del screen
+    seed = a.seeds[0]
+    values, failed = a.run_seeds(worker, cand.exp_id, cand.wt, [seed], Purpose.screen)
+    champion = a.values(cand.parent_id)
+    if failed is not None:
+        return Outcome(values, champion, None, failed)
+    a.store.transition(cand.exp_id, ExperimentStatus.measured, val_bpb=values[seed])
+    return Outcome(values, champion, naive_decide(values, champion, seeds=a.seeds))
+
+
+def naive_loop(args: argparse.Namespace, ws: Path, experiments: int) -> bool:
+    """The same agent, one seed, the naive rule, ``experiments`` candidates, in this process."""
+    init_workspace(ws)
+    say(f"naive loop: {experiments} experiments, one seed each, kept if lower at all")
+    settings = Settings.exactly(dict(workspace=ws, agent="playbook", seeds=1,
+                                     device=args.device, dataset=args.data,
+                                     time_budget=args.time_budget))
+    store = Store(settings.db_path)
+    plan = trial_mod.measure
+    trial_mod.measure = naive_measure  # type: ignore[assignment]
+    try:
+        reporter = PlainReporter(Console(stderr=True), Console(stderr=True))
+        loop = start(settings, store, Workspace(ws), PlaybookAgent(), reporter, experiments)
+        loop.execute()
+        return True
+    finally:
+        trial_mod.measure = plan  # type: ignore[assignment]
+        store.close()
+
+
+def finished(ws: Path) -> tuple[Run, list[tuple[int, str, float | None]], float]:
+    """The loop's run, its kept changes (id, title, delta) and its device-seconds."""
     store = Store(ws / "results.db")
     try:
-        loop_run = store.runs()[-1]
-        assert loop_run.id is not None
-        exps = store.experiments(run_id=loop_run.id)
-        kept = [e for e in exps if e.kind == "candidate" and e.status == ExperimentStatus.kept]
-        noise = loop_run.noise_std
+        r = store.runs()[-1]
+        assert r.id is not None
+        kept = [(e.id or 0, e.title, e.delta) for e in store.experiments(run_id=r.id)
+                if e.kind == "candidate" and e.status == ExperimentStatus.kept]
+        return r, kept, report.device_time(store, r)["seconds"]
     finally:
         store.close()
+
+
+def export_champion(ws: Path, r: Run) -> Path | None:
     champion = ws / "champion"
     champion.mkdir(exist_ok=True)
-    export = subprocess.run([sys.executable, "-m", "autoresearch", "--workspace", str(ws),
-                             "export", "best", "--run", str(loop_run.id), "--out",
-                             str(champion / "train.py")], capture_output=True, text=True)
-    if export.returncode != 0:
-        print(f"research_yield: export failed: {export.stderr.strip()}")
+    done = subprocess.run([sys.executable, "-m", "autoresearch", "--workspace", str(ws),
+                           "export", "best", "--run", str(r.id), "--out",
+                           str(champion / "train.py")], capture_output=True, text=True)
+    if done.returncode != 0:
+        say(f"export failed: {done.stderr.strip()}")
+        return None
+    return champion
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
+    prepared = data.prepare(args.data)
+    loops = {"ours": root / "ours"}
+    if not our_loop(args, loops["ours"]):
+        say("the loop failed")
         return 1
+    ours, _, ours_seconds = finished(loops["ours"])
+    if args.rule == "naive":
+        store = Store(loops["ours"] / "results.db")
+        try:
+            spent = sum(v["measurements"] for v in
+                        report.device_time(store, ours)["by_purpose"].values())
+        finally:
+            store.close()
+        loops["naive"] = root / "naive"
+        naive_loop(args, loops["naive"], max(spent - 1, 1))
+
+    sources = {"baseline": loops["ours"] / "baseline"}
+    for name, ws in loops.items():
+        r, _, _ = finished(ws)
+        champ = export_champion(ws, r)
+        if champ is None:
+            return 1
+        sources[name] = champ
 
     budget = Budget(kind="time", amount=args.time_budget)
     fresh = [100 + i for i in range(args.fresh_seeds)]
-    values: dict[str, dict[int, float]] = {"baseline": {}, "champion": {}}
+    values: dict[str, dict[int, float]] = {name: {} for name in sources}
     for seed in fresh:
-        for name, src in (("baseline", ws / "baseline"), ("champion", champion)):
+        for name, src in sources.items():
             m = runner.measure(runner.Job(source=src, data=prepared.path, budget=budget,
                                           seed=seed, device=args.device,
-                                          out_dir=ws / "fresh" / name / str(seed)))
+                                          out_dir=root / "fresh" / name / str(seed)))
             if not m.ok or m.val_bpb is None:
-                print(f"research_yield: {name} seed {seed}: {m.status.value}: {m.error}")
+                say(f"{name} seed {seed}: {m.status.value}: {m.error}")
                 return 1
             values[name][seed] = m.val_bpb
-            print(f"research_yield: fresh seed {seed} {name}: val_bpb {m.val_bpb:.4f} "
-                  f"({m.steps} steps)", flush=True)
+            say(f"fresh seed {seed} {name}: val_bpb {m.val_bpb:.4f} ({m.steps} steps)")
 
     def stats(v: dict[int, float]) -> tuple[float, float]:
         xs = list(v.values())
         return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
-    (bm, bs), (cm, cs) = stats(values["baseline"]), stats(values["champion"])
-    drop = 100.0 * (bm - cm) / bm
-    verdict = decide.decide(values["champion"], values["baseline"], noise_std=noise,
-                            min_delta=0.0, seeds=fresh)
-    print(f"research_yield: {prepared.name}, {args.experiments} experiments, "
-          f"{budget.describe()} each, loop seeds {args.seeds}, agent {args.agent}")
-    print(f"research_yield: baseline val_bpb {bm:.4f} ± {bs:.4f} on fresh seeds {fresh}")
-    print(f"research_yield: champion val_bpb {cm:.4f} ± {cs:.4f}")
-    print(f"research_yield: drop {drop:.1f}% ({bm - cm:+.4f} bpb)")
-    print(f"research_yield: {len(kept)} changes kept:")
-    for e in kept:
-        print(f"research_yield:   #{e.id} {e.title}: delta {e.delta:+.4f}")
-    beyond = verdict.verdict == "keep"
-    print(f"research_yield: the gain {'reproduces' if beyond else 'does NOT reproduce'} beyond "
-          f"the noise on the fresh seeds ({verdict.reason})")
+    bm, bs = stats(values["baseline"])
+    say(f"{prepared.name}, {budget.describe()} per measurement, agent {args.agent}")
+    say(f"baseline val_bpb {bm:.4f} ± {bs:.4f} on fresh seeds {fresh}")
+    for name, ws in loops.items():
+        r, kept, seconds = finished(ws)
+        cm, cs = stats(values[name])
+        hours = seconds / 3600
+        with_store = Store(ws / "results.db")
+        n = len([e for e in with_store.experiments(run_id=r.id) if e.kind == "candidate"])
+        with_store.close()
+        rule = "naive rule (1 seed, keep if lower)" if name == "naive" else (
+            f"our rule ({args.seeds} seeds)")
+        say(f"{name}: {rule}, {n} experiments, {seconds:.0f} device-seconds "
+            f"({seconds / ours_seconds:.2f}x ours)")
+        say(f"{name}: champion val_bpb {cm:.4f} ± {cs:.4f}; drop {100 * (bm - cm) / bm:.1f}% "
+            f"({bm - cm:+.4f} bpb); fresh-seed gain {(bm - cm) / hours:+.4f} bpb per "
+            f"device-hour")
+        verdict = decide.decide(values[name], values["baseline"], noise_std=ours.noise_std,
+                                min_delta=0.0, seeds=fresh)
+        say(f"{name}: {len(kept)} changes kept: " + "; ".join(
+            f"#{i} {t} ({d:+.4f})" if d is not None else f"#{i} {t}" for i, t, d in kept))
+        holds = "reproduces" if verdict.verdict == "keep" else "does NOT reproduce"
+        say(f"{name}: the gain {holds} beyond the noise on the fresh seeds ({verdict.reason})")
+    if "naive" in loops:
+        nm, _ = stats(values["naive"])
+        om, _ = stats(values["ours"])
+        _, _, naive_seconds = finished(loops["naive"])
+        ours_rate = (bm - om) / (ours_seconds / 3600)
+        naive_rate = (bm - nm) / (naive_seconds / 3600)
+        say(f"gain per device-hour: ours {ours_rate:+.4f}, naive {naive_rate:+.4f} bpb "
+            f"(ours/naive {ours_rate / naive_rate:.2f})" if naive_rate else
+            f"gain per device-hour: ours {ours_rate:+.4f}, naive {naive_rate:+.4f} bpb")
     return 0
 
 

@@ -107,6 +107,9 @@ def test_a_null_change_is_not_kept_when_the_machine_sped_up_after_the_baseline(
     roles = [(m.role, m.seed) for m in store.measurements(null.id)]  # type: ignore[arg-type]
     # each seed's pair ran back to back: candidate 0, champion 0, champion 1, candidate 1
     assert roles == [("candidate", 0), ("champion", 0), ("champion", 1), ("candidate", 1)]
+    # and each says why it ran: the device time is accounted by purpose
+    purposes = [m.purpose for m in store.measurements(null.id)]  # type: ignore[arg-type]
+    assert purposes == ["screen", "champion", "champion", "confirmation"]
 
     # a change that really learns better is still kept under the same rule
     assert better.status == ES.kept, better.reason
@@ -142,6 +145,10 @@ def test_a_token_budget_loop_is_unaffected_by_the_same_load(tmp_path: Path, cach
     # no champion re-measurement is paid for, and no drift notice is printed
     assert all(m.role == "candidate" for e in exps.values()
                for m in store.measurements(e.id))  # type: ignore[arg-type]
+    assert [m.purpose for m in store.measurements(better.id)] == [  # type: ignore[arg-type]
+        "screen", "confirmation"]
+    assert [m.purpose for m in store.measurements(baseline.id)] == [  # type: ignore[arg-type]
+        "baseline", "baseline"]
     assert not [n for n in reporter.notices if "drift" in n]
 
 

@@ -44,9 +44,9 @@ def script(path: Path, entries: list[dict[str, object]]) -> Path:
     return path
 
 
-def loop_args(ws: Path, *extra: str) -> list[str]:
+def loop_args(ws: Path, *extra: str, seeds: int = 2) -> list[str]:
     return ["--workspace", str(ws), "loop", "--agent", "mock", "--token-budget", TOKENS,
-            "--seeds", "2", "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
+            "--seeds", str(seeds), "--device", "cpu", "--dataset", str(ws.parent / "corpus.txt"),
             "--repairs", "1", *extra]
 
 
@@ -56,7 +56,7 @@ def history(ws: Path) -> list[dict[str, object]]:
 
 def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws: Path) -> None:
     s = script(ws.parent / "s.jsonl", [RAISE_LR, LOWER_LR, CRASH, MISSING, MISSING])
-    code, out = invoke(*loop_args(ws, "--budget", "4", "--script", str(s)))
+    code, out = invoke(*loop_args(ws, "--budget", "4", "--script", str(s), seeds=3))
     assert code == 0, out
 
     rows = history(ws)
@@ -89,8 +89,22 @@ def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws
     runs = invoke_json("--workspace", str(ws), "runs")
     assert isinstance(runs, list) and runs[0]["statuses"]["kept"] == 1
 
-    # the repair round trip consumed a second script entry inside the same experiment
+    # measured stage by stage: the keep on 1, 2, then 3 seeds; the clear loss (and the
+    # crash) on one seed only; every measurement says why it ran
     store = Store(ws / "results.db")
+    purposes = {r["id"]: [m.purpose for m in store.measurements(int(str(r["id"])))]
+                for r in rows}
+    assert purposes[baseline["id"]] == ["baseline"] * 3
+    assert purposes[kept["id"]] == ["screen", "second-stage", "confirmation"]
+    assert purposes[discarded["id"]] == ["screen"] and purposes[crashed["id"]] == ["screen"]
+    device = runs[0]["device_time"]
+    assert {p: v["measurements"] for p, v in device["by_purpose"].items()} == {
+        "baseline": 3, "screen": 3, "second-stage": 1, "confirmation": 1}
+    assert device["measurements_per_candidate"] == pytest.approx(5 / 3, abs=0.01)
+    code, out = invoke("--workspace", str(ws), "runs")
+    assert code == 0 and "1.67 measurements per candidate" in out and "screen" in out
+
+    # the repair round trip consumed a second script entry inside the same experiment
     assert [c.attempt for c in store.calls(experiment_id=int(str(rejected["id"])))] == [0, 1]
 
 

@@ -132,14 +132,21 @@ def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> O
     raise AssertionError("the last stage of a plan always decides")  # pragma: no cover
 
 
-def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float]
-          ) -> Decision:
+def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float],
+          *, stored: bool = True) -> Decision:
     """The keep rule on the candidate's values against the champion's (paired by seed), with
-    the run's pooled noise; the experiment is ``measured`` meanwhile."""
+    the run's pooled noise; the experiment is ``measured`` meanwhile. ``stored``: the
+    champion's values are its stored ones (else re-measured alongside)."""
     a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
     noise, df = a.noise()
-    return decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
-                             min_delta=a.run.min_delta, seeds=a.seeds)
+    d = decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
+                          min_delta=a.run.min_delta, seeds=a.seeds)
+    if not stored:
+        return d
+    update: dict[str, object] = {"evidence": d.evidence | {"champion_source": "stored"}}
+    if a.budget.kind == "time":  # measured earlier, in other conditions: say so
+        update["reason"] = d.reason + "; against the champion's stored values"
+    return d.model_copy(update=update)
 
 
 def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, float],
@@ -180,7 +187,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
                 values.update(got)
     finally:
         a.ws.remove_worktree(exp_id, name="champion")
-    verdict = judge(a, exp_id, values, control)
+    verdict = judge(a, exp_id, values, control, stored=False)
     return Outcome(values, control, alongside_evidence(verdict, stored), stored=stored)
 
 
