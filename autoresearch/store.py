@@ -540,6 +540,25 @@ class Store:
                  .where(Experiment.run_id == run_id).order_by(col(Measurement.id)))
             return [(ExperimentKind(k), int(i or 0), _detach(m)) for k, i, m in s.exec(q).all()]
 
+    def remeasured(self, run_id: int, champion_id: int, seeds: Sequence[int]
+                   ) -> list[tuple[int, dict[int, tuple[float, float | None]]]]:
+        """The champion ``champion_id`` as re-measured alongside candidates of the run, oldest
+        first: (candidate id, seed -> (val_bpb, machine speed)) for each candidate whose
+        re-measurement succeeded on every seed in ``seeds``."""
+        with self._tx() as s:
+            q = (select(Measurement, Experiment.id)
+                 .join(Experiment, col(Measurement.experiment_id) == col(Experiment.id))
+                 .where(Experiment.run_id == run_id, Experiment.parent_id == champion_id,
+                        Measurement.role == MeasurementRole.champion,
+                        Measurement.status == RunStatus.ok)
+                 .order_by(col(Measurement.id)))
+            found: dict[int, dict[int, tuple[float, float | None]]] = {}
+            for m, exp_id in s.exec(q).all():
+                if m.val_bpb is not None:
+                    found.setdefault(int(exp_id or 0), {})[m.seed] = (m.val_bpb, m.speed)
+        return [(i, {seed: got[seed] for seed in seeds}) for i, got in found.items()
+                if all(seed in got for seed in seeds)]
+
     def restage(self, exp_id: int) -> None:
         """Mark an experiment's measurements as made on a champion since replaced
         (``MeasurementRole.staled``): a candidate ported onto a new champion keeps the evidence

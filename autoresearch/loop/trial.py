@@ -25,6 +25,7 @@ import shutil
 import statistics
 
 from autoresearch import decide as decide_mod
+from autoresearch import speed as speed_mod
 from autoresearch.agents.base import AgentFatal
 from autoresearch.backends import Worker
 from autoresearch.decide import Decision
@@ -96,13 +97,14 @@ def _settle(a: ActiveRun, proposer: Proposer, worker: Worker, cand: Candidate) -
 def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> Outcome:
     """The candidate measured and judged against its champion (``parent``), stage by stage
     (``decide.stages``: for 3 seeds, one, then two, then three), stopping as soon as a stage
-    discards it. The stages before the last compare with the champion's stored values; the
-    final test under a token budget too, and under a time budget with the champion re-measured
-    alongside (``_alongside``). ``screen`` False (a candidate ported onto a new champion):
-    every seed at once, nothing staged."""
+    discards it. The stages before the last compare with the champion's stored values (under
+    a time budget: values measured at a machine speed like the candidate's, ``_reference``);
+    the final test under a token budget too, and under a time budget with the champion
+    re-measured alongside (``_alongside``). ``screen`` False (a candidate ported onto a new
+    champion): every seed at once, nothing staged."""
     k = len(a.seeds)
     plan = decide_mod.stages(k) if screen else [k]
-    champion = a.values(cand.parent_id)
+    champion, source = a.values(cand.parent_id), "stored"
     values: dict[int, float] = {}
     verdict: Decision | None = None
     timed = a.budget.kind == "time"
@@ -110,7 +112,7 @@ def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> O
         if n == k and timed and (values or not screen):
             # wall-clock results depend on the machine's speed at the time: the final test
             # pairs the candidate with the champion re-measured alongside it, seed by seed
-            return _alongside(a, worker, cand, values, verdict)
+            return _alongside(a, worker, cand, values, verdict, port=not screen)
         todo = a.seeds[len(values):n]
         if values:
             a.store.transition(cand.exp_id, ES.running)
@@ -123,50 +125,82 @@ def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> O
         values.update(got)
         if failed is not None:
             return Outcome(values, champion, None, failed)
-        verdict = judge(a, cand.exp_id, values, champion)
+        if timed and n == 1:
+            found = _reference(a, cand)
+            if found is None:  # nothing measured at this machine speed: no stage can judge
+                return _alongside(a, worker, cand, values, None, port=False, note=(
+                    "the screen ran at another machine speed than every measurement of the "
+                    "champion, so no earlier stage could judge it"))
+            champion, source = found
+        verdict = judge(a, cand.exp_id, values, champion, source=source)
         if n == k and timed and verdict.verdict == "keep":
             # one seed planned: it was a screen against stored values; confirm it alongside
-            return _alongside(a, worker, cand, values, verdict)
+            return _alongside(a, worker, cand, values, verdict, port=False)
         if verdict.verdict != "confirm":
             return Outcome(values, champion, verdict)
     raise AssertionError("the last stage of a plan always decides")  # pragma: no cover
 
 
+def _reference(a: ActiveRun, cand: Candidate) -> tuple[dict[int, float], str] | None:
+    """Under a time budget, the champion's values the stages compare a candidate with: its
+    stored values, unless the candidate's screen ran at a machine speed the drift monitor calls
+    different from theirs; then the newest re-measurement of the champion on every seed (from
+    an earlier candidate's final test) at a speed like the screen's; None when there is none.
+
+    The speed figures come from the training processes, so they only ever choose what the
+    stages — which can only discard — compare with; the final test never reads them."""
+    stored = a.values(cand.parent_id)
+    screen = [m for m in a.store.measurements(cand.exp_id, role=MeasurementRole.candidate)
+              if m.seed == a.seeds[0]]
+    if not screen or screen[-1].drift is None or screen[-1].speed is None:
+        return stored, "stored"
+    speed = screen[-1].speed
+    for exp_id, sets in reversed(a.store.remeasured(a.id, cand.parent_id, a.seeds)):
+        speeds = [sp for _, sp in sets.values() if sp is not None]
+        if speeds and not speed_mod.drifted(speed_mod.ratio(speed, speeds), speeds):
+            return ({s: v for s, (v, _) in sets.items()},
+                    f"re-measured alongside #{exp_id} (like machine speed)")
+    return None
+
+
 def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float],
-          *, stored: bool = True) -> Decision:
+          *, source: str = "stored") -> Decision:
     """The keep rule on the candidate's values against the champion's (paired by seed), with
-    the run's pooled noise; the experiment is ``measured`` meanwhile. ``stored``: the
-    champion's values are its stored ones (else re-measured alongside)."""
+    the run's pooled noise; the experiment is ``measured`` meanwhile. ``source``: where the
+    champion's values come from ("stored"; "re-measured alongside" for the final test under a
+    time budget; or an earlier re-measurement, ``_reference``)."""
     a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
     noise, df = a.noise()
     d = decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
                           min_delta=a.run.min_delta, seeds=a.seeds)
-    if not stored:
+    if source == "re-measured alongside":
         return d
-    update: dict[str, object] = {"evidence": d.evidence | {"champion_source": "stored"}}
-    if a.budget.kind == "time":  # measured earlier, in other conditions: say so
-        update["reason"] = d.reason + "; against the champion's stored values"
+    update: dict[str, object] = {"evidence": d.evidence | {"champion_source": source}}
+    if a.budget.kind == "time":  # measured at another time, in other conditions: say so
+        update["reason"] = d.reason + (
+            "; against the champion's stored values" if source == "stored"
+            else f"; against the champion as {source}")
     return d.model_copy(update=update)
 
 
 def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, float],
-               stored: Decision | None) -> Outcome:
+               stored: Decision | None, *, port: bool, note: str = "") -> Outcome:
     """Measure the champion on every seed next to the candidate's runs, on the same worker, so
     both values of a pair ran in the same conditions, then decide on those pairs. The seeds the
     candidate has already (its earlier stages) get the champion's runs first, in the same
     order, then each remaining seed the champion's run and the candidate's, back to back:
     for 3 seeds cand s0, cand s1 | champ s0, champ s1, champ s2, cand s2 — every pair at most
     two runs apart. ``stored`` is the last stage's verdict against the stored values (None for
-    a port)."""
+    a port, or when no stage could judge: ``note`` says why)."""
     exp_id = cand.exp_id
-    if stored is not None:  # after a stage (measured); a port's caller set it running
+    if not port:  # after a stage (measured); a port's caller set it running
         a.store.transition(exp_id, ES.running)
     a.reporter.phase(exp_id, cand.seq, cand.proposal.title,
                      f"confirming alongside the champion on seeds {a.seeds}")
     champ_wt = a.ws.create_worktree(exp_id, cand.parent_commit, branch=None, name="champion")
     control: dict[int, float] = {}
     values = dict(values)
-    own = Purpose.port if stored is None else Purpose.confirmation
+    own = Purpose.port if port else Purpose.confirmation
     try:
         for seed in [s for s in a.seeds if s in values] + [s for s in a.seeds if s not in values]:
             got, bad = a.run_seeds(worker, exp_id, champ_wt, [seed], Purpose.champion,
@@ -187,8 +221,11 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
                 values.update(got)
     finally:
         a.ws.remove_worktree(exp_id, name="champion")
-    verdict = judge(a, exp_id, values, control, stored=False)
-    return Outcome(values, control, alongside_evidence(verdict, stored), stored=stored)
+    verdict = judge(a, exp_id, values, control, source="re-measured alongside")
+    verdict = alongside_evidence(verdict, stored)
+    if note:
+        verdict = verdict.model_copy(update={"reason": f"{verdict.reason} ({note})"})
+    return Outcome(values, control, verdict, stored=stored)
 
 
 def alongside_evidence(verdict: Decision, stored: Decision | None) -> Decision:
