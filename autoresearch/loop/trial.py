@@ -193,7 +193,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
     two runs apart. ``stored`` is the last stage's verdict against the stored values (None for
     a port, or when no stage could judge: ``note`` says why)."""
     exp_id = cand.exp_id
-    if not port:  # after a stage (measured); a port's caller set it running
+    if stored is not None:  # after a stage (measured); else it is running still
         a.store.transition(exp_id, ES.running)
     a.reporter.phase(exp_id, cand.seq, cand.proposal.title,
                      f"confirming alongside the champion on seeds {a.seeds}")
