@@ -129,8 +129,9 @@ def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> O
             found = _reference(a, cand)
             if found is None:  # nothing measured at this machine speed: no stage can judge
                 return _alongside(a, worker, cand, values, None, port=False, note=(
-                    "the screen ran at another machine speed than every measurement of the "
-                    "champion, so no earlier stage could judge it"))
+                    "judged against the champion re-measured alongside: its screen ran at "
+                    "another machine speed than every measurement of the champion, so no "
+                    "earlier stage could judge it"))
             champion, source = found
         verdict = judge(a, cand.exp_id, values, champion, source=source)
         if n == k and timed and verdict.verdict == "keep":
@@ -224,7 +225,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
     verdict = judge(a, exp_id, values, control, source="re-measured alongside")
     verdict = alongside_evidence(verdict, stored)
     if note:
-        verdict = verdict.model_copy(update={"reason": f"{verdict.reason} ({note})"})
+        verdict = verdict.model_copy(update={"reason": f"{verdict.reason}; {note}"})
     return Outcome(values, control, verdict, stored=stored)
 
 
