@@ -242,6 +242,16 @@ def loop(
     sandbox: SandboxOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the last unfinished run.")] = False,
+    prompt_tokens: Annotated[int | None, typer.Option(
+        help="Bound of one agent prompt in tokens (the history gets what the code and facts "
+             "leave; default 30000).")] = None,
+    plateau_after: Annotated[int | None, typer.Option(
+        help="Experiments without a keep after which the prompt asks for a bolder change "
+             "(default 8; 0: never).")] = None,
+    thinking_tokens: Annotated[int | None, typer.Option(
+        help="Anthropic extended thinking: budget in tokens (>= 1024).")] = None,
+    reasoning_effort: Annotated[str | None, typer.Option(
+        help="OpenAI reasoning models: low, medium or high.")] = None,
 ) -> None:
     """Run the research loop: propose, apply, train, measure, keep or revert."""
     with _errors():
@@ -256,7 +266,9 @@ def loop(
                       gpu=gpu, dataset=dataset, tag=tag, min_delta=min_delta, repairs=repairs,
                       max_cost=max_cost, keep_worktrees=keep_worktrees, sandbox=sandbox,
                       workers=workers, pipeline=pipeline, backend=backend,
-                      ray_address=ray_address)
+                      ray_address=ray_address, prompt_tokens=prompt_tokens,
+                      plateau_after=plateau_after, thinking_tokens=thinking_tokens,
+                      reasoning_effort=reasoning_effort)
         ws = Workspace(s.workspace, s.editable)
         store = Store(s.db_path)
         reporter = make_reporter(out, err)
@@ -265,7 +277,9 @@ def loop(
                 lp = loop_mod.resume(s, store, ws, reporter, experiments=budget, changed={
                     "max_cost": max_cost, "repairs": repairs, "keep_worktrees": keep_worktrees,
                     "sandbox": sandbox, "pipeline": pipeline, "ray_address": ray_address,
-                    "workers": workers, "gpu": gpu, "backend": backend})
+                    "workers": workers, "gpu": gpu, "backend": backend,
+                    "prompt_tokens": prompt_tokens, "plateau_after": plateau_after,
+                    "thinking_tokens": thinking_tokens, "reasoning_effort": reasoning_effort})
                 s = lp.active.settings
             else:
                 ag = make_agent(s.agent, settings=s, notice=reporter.notice,
@@ -328,6 +342,9 @@ def runs(as_json: JsonOut = False) -> None:
         out.print(report.runs_table(store, rows))
         for r in rows:
             out.print(report.device_time_text(store, r), markup=False)
+            assert r.id is not None
+            if store.guidance(r.id, everything=True):
+                out.print(report.guidance_text(store, r.id), markup=False)
 
 
 @app.command()
@@ -453,6 +470,71 @@ def dashboard(
         err.print(f"dashboard of {s.db_path} at http://{host}:{port}/ (read-only; Ctrl-C "
                   "stops it)", markup=False)
         serve(s.workspace, s.db_path, host=host, port=port)
+
+
+# -- steering and the agent's prompt (issue 21) ---------------------------------------------------
+STEER_CHARS = 2000
+
+
+@app.command()
+def steer(
+    text: Annotated[str | None, typer.Argument(help="Guidance for the agent.")] = None,
+    run: Annotated[int | None, typer.Option("--run", help="Which run (default: the newest).")
+                   ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the run's guidance.")] = False,
+    clear: Annotated[bool, typer.Option("--clear", help="Clear the active guidance.")] = False,
+) -> None:
+    """Guide the agent of a run, also while it runs: every later prompt shows the guidance."""
+    with _errors():
+        if sum([text is not None, list_, clear]) != 1:
+            raise UsageError('give exactly one of: "TEXT", --list, --clear')
+        store = _store(_settings())
+        try:
+            r = _run(store, run)
+            assert r.id is not None
+            if text is not None:
+                clean = " ".join(text.split())
+                if not clean:
+                    raise UsageError("the guidance is empty")
+                if len(clean) > STEER_CHARS:
+                    raise UsageError(f"the guidance is {len(clean)} characters; keep it under "
+                                     f"{STEER_CHARS}")
+                g = store.add_guidance(r.id, clean)
+                out.print(f"run {r.id}: guidance {g.id} added; the agent's next prompt shows it",
+                          markup=False)
+            elif clear:
+                n = store.clear_guidance(r.id)
+                out.print(f"run {r.id}: {n} guidance entr{'y' if n == 1 else 'ies'} cleared",
+                          markup=False)
+            else:
+                out.print(report.guidance_text(store, r.id), markup=False)
+        finally:
+            store.close()
+
+
+@app.command()
+def prompt(
+    run: Annotated[int | None, typer.Option("--run", help="Which run (default: the newest).")
+                   ] = None,
+) -> None:
+    """Print the exact system and user messages a model agent would get next in a run."""
+    with _errors():
+        s = _settings()
+        store = _store(s)
+        try:
+            r = _run(store, run)
+            ws = Workspace(s.workspace, Settings.exactly(r.config).editable)
+            system, messages = loop_mod.next_prompt(s, store, ws, make_reporter(None, err), r)
+            if r.agent not in ("anthropic", "openai"):
+                err.print(f"note: run {r.id} uses the {r.agent} agent, which does not read "
+                          "this prompt; a model agent would get it", markup=False)
+            out.print("=== system ===", markup=False)
+            out.print(system, markup=False)
+            for m in messages:
+                out.print(f"=== {m['role']} ===", markup=False)
+                out.print(m["content"], markup=False)
+        finally:
+            store.close()
 
 
 def _run(store: Store, run_id: int | None) -> Run:

@@ -24,6 +24,7 @@ from pydantic_settings import (
 from autoresearch.errors import UsageError
 from autoresearch.metrics import SETUP_CAP, Budget
 
+DEFAULT_PROMPT_TOKENS = 30_000  # bound of one prompt: cents a call against a GPU-hour
 DEFAULT_TIME_BUDGET = {"cuda": 300.0, "cpu": 60.0, "mps": 60.0}
 _ENV_PREFIX = "AUTORESEARCH_"
 _BUDGETS = ("time_budget", "token_budget")
@@ -67,6 +68,14 @@ class Settings(BaseSettings):
     agent_retries: int = Field(default=4, ge=0, le=20)  # on 429, 5xx, timeouts, lost connections
     agent_backoff: float = Field(default=2.0, ge=0)  # first retry delay, doubling
     tag: str | None = None
+    # -- the agent's context (issue 21) --
+    # bound of one prompt in tokens (about 4 characters each): the history gets what the
+    # code, facts, notes and rules leave; kept changes are shown even past it
+    prompt_tokens: int = Field(default=DEFAULT_PROMPT_TOKENS, ge=2_000, le=1_000_000)
+    # experiments without a keep after which the prompt asks for a bolder change (0: never)
+    plateau_after: int = Field(default=8, ge=0)
+    thinking_tokens: int | None = Field(default=None, ge=1024)  # Anthropic extended thinking
+    reasoning_effort: Literal["low", "medium", "high"] | None = None  # OpenAI reasoning models
 
     @classmethod
     def settings_customise_sources(

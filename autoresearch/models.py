@@ -51,6 +51,59 @@ class HistoryItem(BaseModel):
     status: str
     delta: float | None = None  # candidate - champion on val_bpb (negative is better)
     reason: str = ""
+    # what a researcher reads beside it (all optional: a bare item renders as before)
+    val_bpb: float | None = None  # its own mean over the seeds measured
+    parent_id: int | None = None  # the champion it was measured against
+    threshold: float | None = None  # the improvement it had to clear at the last stage
+    stage: str | None = None  # that stage: screen, second-stage, final
+    seeds: int = 0  # seeds measured for its verdict
+    steps: int | None = None  # per measurement, mean over its own successful measurements
+    tokens_per_s: float | None = None
+    params: int | None = None
+    peak_memory_mb: float | None = None
+    near_miss: bool = False  # better than its champion, but short of the bar past the screen
+    diff: str | None = None  # shown for the last few experiments and the near-misses
+
+
+class KeepBar(BaseModel):
+    """The bar a change must clear, in the run's own numbers (``autoresearch.contract``)."""
+
+    noise_std: float
+    noise_df: int
+    alpha: float
+    seeds: int
+    min_delta: float
+    screen: float  # the improvement needed at one seed to be measured further
+    final: float  # the improvement needed on all seeds at the run's noise floor
+
+
+class RunFacts(BaseModel):
+    """What a researcher knows about the run before reading any code: data, device, and what
+    the champion's training actually did within the budget (``loop.context.facts``)."""
+
+    dataset: str = ""
+    train_tokens: int = 0  # tokens in the train split
+    val_tokens: int = 0
+    bytes_per_token: float = 1.0
+    vocab_size: int = 0
+    seq_len: int = 0  # the evaluation context length
+    device: str = ""
+    device_name: str | None = None
+    device_memory_mb: float | None = None
+    torch_version: str = ""
+    budget: str = ""
+    setup_cap: float = 0.0  # seconds before the first batch
+    allowance: float = 0.0  # seconds after a time budget ran out (0 under a token budget)
+    champion_id: int | None = None
+    steps: float | None = None
+    tokens: float | None = None  # tokens the champion trained on (mean over seeds)
+    tokens_per_s: float | None = None
+    params: int | None = None
+    peak_memory_mb: float | None = None
+    mfu: float | None = None
+    train_loss: float | None = None  # the champion's last logged training loss
+    val_loss: float | None = None  # its validation loss (nats per token), beside it
+    setup_seconds: float | None = None
 
 
 class Context(BaseModel):
@@ -60,6 +113,8 @@ class Context(BaseModel):
     metric: str = "val_bpb"
     direction: str = "lower"
     budget: str = ""  # human description, e.g. "60 s wall-clock"
+    budget_kind: str = ""  # "time" or "tokens" (for the generated rules; "" = unknown)
+    budget_amount: float = 0.0
     device: str = "cpu"
     baseline: Stats | None = None
     champion: Stats | None = None
@@ -71,6 +126,14 @@ class Context(BaseModel):
     curves: dict[str, list[tuple[int, float]]] = Field(default_factory=dict)
     repair: str | None = None  # why the previous answer could not be used
     previous_answer: str | None = None
+    # -- what a researcher needs beside the code (issue 21); defaults render as "unknown" --
+    facts: RunFacts | None = None
+    keep_bar: KeepBar | None = None
+    notes: str = ""  # the agent's own newest NOTES: block of the run
+    guidance: list[str] = Field(default_factory=list)  # the user's active `steer` entries
+    since_keep: int = 0  # experiments finished since the last keep (or the baseline)
+    plateau_after: int = 0  # since_keep at which a bolder change is asked for (0: never)
+    prompt_tokens: int = 0  # bound for the history section (0: the renderer's default)
 
 
 @dataclass
@@ -85,6 +148,7 @@ class CallRecord:
     cost_usd: float | None = None  # None = unknown price, never silently zero
     raw: str = ""
     error: str | None = None
+    reasoning_tokens: int | None = None  # thinking / reasoning tokens among output_tokens
 
 
 class RunStatus(enum.StrEnum):

@@ -6,6 +6,7 @@ Everything here reads the store and the workspace; nothing here writes a result.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +96,11 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         d["agent_calls"] = [
             {"attempt": c.attempt, "provider": c.provider, "model": c.model,
              "input_tokens": c.input_tokens, "output_tokens": c.output_tokens,
-             "latency_s": c.latency_s, "cost_usd": c.cost_usd, "error": c.error}
+             "latency_s": c.latency_s, "cost_usd": c.cost_usd, "error": c.error,
+             "reasoning_tokens": c.reasoning_tokens, "notes": c.notes}
             for c in store.calls(experiment_id=e.id)
         ]
+        d["guidance"] = guidance_dicts(store, e.run_id, active_at=e.created_at)
         d["diff"] = e.diff
     return d
 
@@ -239,6 +242,8 @@ def run_dict(store: Store, r: Run) -> dict[str, Any]:
         "workers": store.workers(r.id),
         "unfenced_measurements": unfenced.run_unfenced(store, r.id),
         "device_time": device_time(store, r),
+        "guidance": guidance_dicts(store, r.id, everything=True),
+        "notes": notes.notes if (notes := store.latest_notes(r.id)) is not None else None,
     }
 
 
@@ -343,9 +348,19 @@ def experiment_text(store: Store, e: Experiment) -> str:
         tokens_out = sum(c["output_tokens"] or 0 for c in calls)
         lines.append(f"agent    {len(calls)} call(s), {tokens_in:,} in / {tokens_out:,} out "
                      f"tokens, cost {_cost(known, unknown)}")
+        thinking = sum(c["reasoning_tokens"] or 0 for c in calls)
+        if thinking:
+            lines.append(f"         of which {thinking:,} thinking/reasoning tokens")
         for c in calls:
             if c["error"]:
                 lines.append(f"  attempt {c['attempt']}: {c['error'].splitlines()[0][:160]}")
+        written = [c["notes"] for c in calls if c["notes"]]
+        if written:
+            lines.append("notes    (the agent's NOTES with this proposal)")
+            lines.extend(f"  {ln}" for ln in written[-1].splitlines())
+    if d["guidance"]:
+        lines.append("guidance (active when it was proposed)")
+        lines.extend(f"  #{g['id']} {g['created_at'][:19]}Z {g['text']}" for g in d["guidance"])
     return "\n".join(lines)
 
 
@@ -458,3 +473,26 @@ def export(store: Store, ws: Workspace, what: str, run_id: int | None) -> str:
         raise UsageError(f"experiment {exp_id} has no change to export ({exp.status.value})")
     return ws.format_patch(exp.commit)
 
+
+# -- the user's guidance (``autoresearch steer``) -----------------------------------------------
+def guidance_dicts(store: Store, run_id: int, *, active_at: datetime | None = None,
+                   everything: bool = False) -> list[dict[str, Any]]:
+    return [{"id": g.id, "text": g.text, "created_at": _utc(g.created_at).isoformat(),
+             "cleared_at": None if g.cleared_at is None else _utc(g.cleared_at).isoformat()}
+            for g in store.guidance(run_id, active_at=active_at, everything=everything)]
+
+
+def guidance_text(store: Store, run_id: int) -> str:
+    """Every guidance entry of a run with when it was added (and cleared)."""
+    rows = guidance_dicts(store, run_id, everything=True)
+    if not rows:
+        return f"run {run_id}: no guidance (add some with: autoresearch steer \"TEXT\")"
+    lines = [f"run {run_id} guidance:"]
+    for g in rows:
+        state = "active" if g["cleared_at"] is None else f"cleared {g['cleared_at'][:19]}Z"
+        lines.append(f"  #{g['id']} {g['created_at'][:19]}Z [{state}] {g['text']}")
+    return "\n".join(lines)
+
+
+def _utc(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ only ever added, never changed.
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import time
@@ -275,6 +276,21 @@ class AgentCall(SQLModel, table=True):
     error: str | None = Field(default=None, sa_column=Column(Text))
     raw: str = Field(default="", sa_column=Column(Text))
     created_at: datetime = Field(default_factory=_now)
+    # the answer's NOTES: block (autoresearch/notebook.py), and the thinking or reasoning
+    # tokens among output_tokens; None on calls without them and on rows from before
+    notes: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    reasoning_tokens: int | None = None
+
+
+class Guidance(SQLModel, table=True):
+    """One entry of the user's guidance for a run (``autoresearch steer``), shown in every
+    prompt from when it was added until it is cleared."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(foreign_key="run.id", index=True)
+    text: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: datetime = Field(default_factory=_now)
+    cleared_at: datetime | None = None
 
 
 T = TypeVar("T", bound=SQLModel)
@@ -493,9 +509,11 @@ class Store:
     def history(self, run_id: int, *, recent: int) -> tuple[list[HistoryItem], int]:
         """The agent's view of a run's candidates, read without their texts (diff, proposal,
         rationale): every kept one and the ``recent`` newest others, in id order, and how many
-        older ones were left out. Two indexed reads whatever the history's length."""
+        older ones were left out. Two indexed reads whatever the history's length; the
+        numbers of each verdict come from its decision record, never from its reason text."""
         cols = (col(Experiment.id), col(Experiment.title), col(Experiment.status),
-                col(Experiment.delta), col(Experiment.reason))
+                col(Experiment.delta), col(Experiment.reason), col(Experiment.val_bpb),
+                col(Experiment.parent_id), col(Experiment.decision))
         mine = (col(Experiment.run_id) == run_id, col(Experiment.kind) == ExperimentKind.candidate)
         with self._tx() as s:
             kept = s.execute(select_columns(*cols).where(*mine, col(Experiment.status) == S.kept)
@@ -505,8 +523,9 @@ class Store:
             others = s.exec(select(func.count()).select_from(Experiment).where(
                 *mine, Experiment.status != S.kept)).one()
         rows = sorted([*kept, *newest], key=lambda r: r[0])
-        items = [HistoryItem(id=i, title=t, status=st.value, delta=d, reason=r)
-                 for i, t, st, d, r in rows]
+        items = [HistoryItem(id=i, title=t, status=st.value, delta=d, reason=r, val_bpb=v,
+                             parent_id=p, **_verdict_numbers(dec))
+                 for i, t, st, d, r, v, p, dec in rows]
         return items, int(others) - len(newest)
 
     def count_candidates(self, run_id: int) -> int:
@@ -649,6 +668,108 @@ class Store:
             q = select(known, unknown, func.count()).where(AgentCall.run_id == run_id)
             k, u, n = s.exec(q).one()
             return float(k or 0.0), int(u or 0), int(n)
+
+    # -- the agent's context: throughput, diffs, notes, guidance (issue 21) ----------------
+    def throughput(self, exp_ids: Sequence[int]) -> dict[int, dict[str, float]]:
+        """Per experiment, over its own successful measurements: mean steps, tokens per
+        second of training, parameters and peak memory (what decides whether an idea pays
+        under a budget)."""
+        if not exp_ids:
+            return {}
+        m = Measurement
+        with self._tx() as s:
+            q = (select_columns(col(m.experiment_id), func.avg(m.steps), func.sum(m.train_tokens),
+                                func.sum(m.train_seconds), func.max(m.params),
+                                func.max(m.peak_memory_mb))
+                 .where(col(m.experiment_id).in_(list(exp_ids)),
+                        col(m.role) == MeasurementRole.candidate,
+                        col(m.status) == RunStatus.ok)
+                 .group_by(col(m.experiment_id)))
+            out: dict[int, dict[str, float]] = {}
+            for e, steps, tokens, secs, params, peak in s.execute(q).all():
+                out[int(e)] = {"steps": float(steps or 0), "params": float(params or 0),
+                               "peak_memory_mb": float(peak or 0),
+                               "tokens_per_s": float(tokens or 0) / secs if secs else 0.0}
+            return out
+
+    def diffs(self, exp_ids: Sequence[int]) -> dict[int, str]:
+        if not exp_ids:
+            return {}
+        with self._tx() as s:
+            q = select(Experiment.id, Experiment.diff).where(col(Experiment.id).in_(list(exp_ids)))
+            return {int(i or 0): d or "" for i, d in s.exec(q).all()}
+
+    def since_keep(self, run_id: int) -> int:
+        """Candidates finished since the run's last keep (or its baseline): the dry spell."""
+        mine = (Experiment.run_id == run_id, Experiment.kind == ExperimentKind.candidate)
+        with self._tx() as s:
+            last = s.exec(select(func.max(Experiment.id)).where(
+                *mine, Experiment.status == S.kept)).one()
+            q = select(func.count()).select_from(Experiment).where(
+                *mine, col(Experiment.status).in_(list(FINAL - {S.kept, S.interrupted})),
+                col(Experiment.id) > (last or 0))
+            return int(s.exec(q).one())
+
+    def latest_notes(self, run_id: int) -> AgentCall | None:
+        """The run's newest call that wrote notes (they survive a resume: they are rows)."""
+        with self._tx() as s:
+            q = (select(AgentCall).where(AgentCall.run_id == run_id,
+                                         col(AgentCall.notes).is_not(None))
+                 .order_by(col(AgentCall.id).desc()).limit(1))
+            row = s.exec(q).first()
+            return None if row is None else _detach(row)
+
+    def add_guidance(self, run_id: int, text: str) -> Guidance:
+        return self._add(Guidance(run_id=run_id, text=text))
+
+    def guidance(self, run_id: int, *, active_at: datetime | None = None,
+                 everything: bool = False) -> list[Guidance]:
+        """A run's guidance, oldest first: the entries active now (default), active at a
+        moment (``active_at``: added before it, not cleared by then), or all of them."""
+        with self._tx() as s:
+            q = select(Guidance).where(Guidance.run_id == run_id)
+            rows = [_detach(g) for g in s.exec(q.order_by(col(Guidance.id)))]
+        if everything:
+            return rows
+        if active_at is None:
+            return [g for g in rows if g.cleared_at is None]
+        at = active_at if active_at.tzinfo else active_at.replace(tzinfo=UTC)
+        return [g for g in rows if _aware(g.created_at) <= at
+                and (g.cleared_at is None or _aware(g.cleared_at) > at)]
+
+    def clear_guidance(self, run_id: int) -> int:
+        """Clear every active entry of a run (kept, with when it was cleared): how many."""
+        with self._tx() as s:
+            rows = list(s.exec(select(Guidance).where(Guidance.run_id == run_id,
+                                                      col(Guidance.cleared_at).is_(None))))
+            for g in rows:
+                g.cleared_at = _now()
+                s.add(g)
+            return len(rows)
+
+
+def _aware(t: datetime) -> datetime:
+    """SQLite gives back naive datetimes: they were written in UTC."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _verdict_numbers(decision: str | None) -> dict[str, Any]:
+    """The numbers of a candidate's verdict for its history line: the bar it had to clear,
+    at which stage, on how many seeds (from the typed decision record; {} for none)."""
+    try:
+        raw = json.loads(decision) if decision else None
+        if isinstance(raw, dict) and "record" not in raw and "verdict" in raw:
+            raw["record"] = "judged"  # written before the tag
+        d = _DECISION.validate_python(raw) if isinstance(raw, dict) else None
+    except (ValueError, ValidationError):
+        return {}
+    if isinstance(d, Judged):
+        ev = d.evidence
+        seeds = ev.get("seeds")
+        return {"threshold": d.threshold if math.isfinite(d.threshold) else None,
+                "stage": ev.get("stage") if isinstance(ev.get("stage"), str) else None,
+                "seeds": len(seeds) if isinstance(seeds, list) else 0}
+    return {}
 
 
 def _add_new_columns(conn: Any) -> None:

@@ -8,9 +8,11 @@ import pytest
 
 from autoresearch.agents.prompts import (
     CHARS_PER_TOKEN,
+    PROMPT_TOKENS,
     TEMPLATES,
     PromptError,
     fit_history,
+    prompt_size,
     prompts_dir,
     render,
     render_conversation,
@@ -104,9 +106,9 @@ def test_user_edited_template_is_used_and_checked(tmp_path: Path) -> None:
     directory = tmp_path / "prompts"
     directory.mkdir()
     (directory / "system.md").write_text("You optimise {{metric}}.", encoding="utf-8")
-    (directory / "propose.md").write_text("Code:\n{{files}}\nNotes: {{notes}}", encoding="utf-8")
+    (directory / "propose.md").write_text("Code:\n{{files}}\nPad: {{scratch}}", encoding="utf-8")
     (directory / "repair.md").write_text("{{error}}", encoding="utf-8")
-    with pytest.raises(PromptError, match=r"\{\{notes\}\}"):
+    with pytest.raises(PromptError, match=r"\{\{scratch\}\}"):
         render_conversation(context(), directory=directory)
     (directory / "propose.md").write_text("Code:\n{{files}}", encoding="utf-8")
     system, messages = render_conversation(context(), directory=directory)
@@ -141,7 +143,7 @@ def test_propose_prompt_has_source_metric_scores_and_history() -> None:
 
 def test_system_prompt_states_the_rules() -> None:
     system, _ = render_conversation(context())
-    for rule in ("train(run)", "No new dependencies", "network", "Simplicity", "causal"):
+    for rule in ("train(run)", "no new dependencies", "network", "Simplicity", "causal"):
         assert rule in system
 
 
@@ -235,12 +237,14 @@ def test_500_item_history_stays_within_budget() -> None:
 
 
 def test_whole_prompt_is_bounded_for_long_runs() -> None:
-    sizes = []
-    for n in (50, 500, 5000):
-        _, messages = render_conversation(context(history=history(n, kept_every=1000)))
-        sizes.append(len(messages[0]["content"]))
-    assert sizes[2] - sizes[1] < 200  # the omitted-count line grows by a digit or so
-    assert sizes[1] < 14_000
+    for bound in (4000, PROMPT_TOKENS):
+        sizes = []
+        for n in (50, 500, 5000):
+            system, messages = render_conversation(
+                context(history=history(n, kept_every=1000), prompt_tokens=bound))
+            sizes.append(prompt_size(system, messages))
+        assert max(sizes) <= bound
+    assert sizes[0] < sizes[1] < sizes[2]  # a long-context bound shows more of a long run
 
 
 def test_kept_ids_override_status() -> None:

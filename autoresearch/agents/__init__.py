@@ -31,6 +31,10 @@ def make_agent(
 
         name, why = choose_auto()
         notice(why)
+    if name not in ("anthropic", "openai") and (settings.thinking_tokens
+                                                 or settings.reasoning_effort):
+        raise UsageError(f"--thinking-tokens and --reasoning-effort are for model agents "
+                         f"(anthropic, openai), not {name}")
     if name == "playbook":
         from autoresearch.agents.playbook import PlaybookAgent
 
@@ -43,5 +47,7 @@ def make_agent(
         return make_llm_agent(name, model=settings.model or model, base_url=settings.base_url,
                               prompts_dir=prompts_dir, prices=settings.prices,
                               timeout=settings.agent_timeout, max_retries=settings.agent_retries,
-                              backoff=settings.agent_backoff)
+                              backoff=settings.agent_backoff,
+                              thinking_tokens=settings.thinking_tokens,
+                              reasoning_effort=settings.reasoning_effort)
     raise UsageError(f"unknown agent {name!r}; one of: auto, playbook, mock, anthropic, openai")

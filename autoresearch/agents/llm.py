@@ -24,12 +24,8 @@ import openai
 
 from autoresearch.agents.base import AgentError, AgentFatal, Answer
 from autoresearch.agents.pricing import PriceTable, cost_usd
-from autoresearch.agents.prompts import (
-    HISTORY_TOKENS,
-    prompts_dir,
-    render_conversation,
-)
-from autoresearch.errors import one_line
+from autoresearch.agents.prompts import prompts_dir, render_conversation
+from autoresearch.errors import UsageError, one_line
 from autoresearch.models import CallRecord, Context
 
 DEFAULT_MODELS = {"anthropic": "claude-sonnet-5-5", "openai": "gpt-5.5"}
@@ -84,7 +80,9 @@ class LLMAgent:
         prompts_dir: Path | None = None,
         prices: PriceTable | None = None,
         max_tokens: int = 16_000,  # room for thinking plus a whole-file rewrite
-        history_tokens: int = HISTORY_TOKENS,
+        history_tokens: int | None = None,  # fixed history budget (default: the prompt's bound)
+        thinking_tokens: int | None = None,
+        reasoning_effort: str | None = None,
         backoff: float = 2.0,
         max_backoff: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
@@ -97,6 +95,10 @@ class LLMAgent:
         self.prices = prices
         self.max_tokens = max_tokens
         self.history_tokens = history_tokens
+        # reasoning room: Anthropic's extended thinking budget, OpenAI's reasoning effort
+        # (each provider refuses the other's option: make_llm_agent says so first)
+        self.thinking_tokens = thinking_tokens
+        self.reasoning_effort = reasoning_effort
         self.backoff = backoff
         self.max_backoff = max_backoff
         self._sleep = sleep
@@ -135,6 +137,10 @@ class LLMAgent:
 
     def _usage(self, usage: Any) -> tuple[int | None, int | None]:
         raise NotImplementedError
+
+    def _reasoning(self, usage: Any) -> int | None:
+        """Thinking or reasoning tokens among the output tokens, where the provider says."""
+        return None
 
     # -- the call ----------------------------------------------------------------------------
 
@@ -226,6 +232,7 @@ class LLMAgent:
                 continue
             record.latency_s = time.monotonic() - started
             record.input_tokens, record.output_tokens = self._usage(usage)
+            record.reasoning_tokens = self._reasoning(usage)
             record.raw = text
             record.cost_usd = cost_usd(
                 model or self.model, record.input_tokens, record.output_tokens, self.prices
@@ -271,12 +278,20 @@ class AnthropicAgent(LLMAgent):
     error_types = (anthropic.AnthropicError,)
 
     def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
+        extra: dict[str, Any] = {}
+        max_tokens = self.max_tokens
+        if self.thinking_tokens:
+            # the thinking budget counts toward max_tokens: the answer keeps its own room
+            extra["thinking"] = {"type": "enabled", "budget_tokens": self.thinking_tokens}
+            max_tokens += self.thinking_tokens
         response = self.client.messages.create(
             model=self.model,
-            max_tokens=self.max_tokens,
+            max_tokens=max_tokens,
             system=system,
             messages=messages,
+            **extra,
         )
+        # thinking blocks are the model's scratch work: only the text blocks are the answer
         text = "".join(
             getattr(block, "text", "")
             for block in response.content or []
@@ -293,6 +308,11 @@ class AnthropicAgent(LLMAgent):
         inp = getattr(usage, "input_tokens", None)
         return (None if inp is None else inp + cached), getattr(usage, "output_tokens", None)
 
+    def _reasoning(self, usage: Any) -> int | None:
+        details = getattr(usage, "output_tokens_details", None)
+        found = getattr(details, "thinking_tokens", None)
+        return found if isinstance(found, int) else None
+
 
 class OpenAIAgent(LLMAgent):
     """OpenAI, or any server speaking its Chat Completions API (vLLM, Ollama, ...) via base_url."""
@@ -304,9 +324,13 @@ class OpenAIAgent(LLMAgent):
     error_types = (openai.OpenAIError,)
 
     def _send(self, system: str, messages: list[dict[str, str]]) -> tuple[str, Any, str]:
+        extra: dict[str, Any] = {}
+        if self.reasoning_effort:
+            extra["reasoning_effort"] = self.reasoning_effort
         response = self.client.chat.completions.create(
             model=self.model,
             messages=[{"role": "system", "content": system}, *messages],
+            **extra,
         )
         choices = response.choices or []
         text = (choices[0].message.content or "") if choices else ""
@@ -316,6 +340,11 @@ class OpenAIAgent(LLMAgent):
         if usage is None:
             return None, None
         return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+
+    def _reasoning(self, usage: Any) -> int | None:
+        details = getattr(usage, "completion_tokens_details", None)
+        found = getattr(details, "reasoning_tokens", None)
+        return found if isinstance(found, int) else None
 
 
 AGENTS: dict[str, type[LLMAgent]] = {"anthropic": AnthropicAgent, "openai": OpenAIAgent}
@@ -333,11 +362,15 @@ def make_llm_agent(
     try:
         cls = AGENTS[provider]
     except KeyError:
-        from autoresearch.errors import UsageError
-
         raise UsageError(
             f"unknown model provider {provider!r}; choose one of: {', '.join(AGENTS)}"
         ) from None
+    if options.get("thinking_tokens") and provider != "anthropic":
+        raise UsageError("--thinking-tokens is for Anthropic models (--agent anthropic); "
+                         "OpenAI reasoning models take --reasoning-effort")
+    if options.get("reasoning_effort") and provider != "openai":
+        raise UsageError("--reasoning-effort is for OpenAI reasoning models (--agent openai); "
+                         "Anthropic models take --thinking-tokens")
     return cls(model, base_url=base_url, prompts_dir=prompts_dir, **options)
 
 

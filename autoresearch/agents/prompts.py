@@ -4,9 +4,11 @@ Templates are plain Markdown with ``{{name}}`` placeholders that the user may ed
 strict: a placeholder without a value is an error, never an empty string, and values are
 inserted once (a ``{{x}}`` inside the training source stays as it is).
 
-The history section fits a token budget (about 4 characters a token): every kept change stays,
-then the most recent other attempts while room is left; the rest becomes one line saying how
-many were omitted. A 500-experiment run sends a prompt as long as a 50-experiment one.
+The whole prompt fits a bound (``Context.prompt_tokens``, a setting; about 4 characters a
+token): the history gets what the code, the facts, the notes and the rules leave. In it every
+kept change stays, then the diffs of the newest experiments and of the near-misses, then the
+most recent other attempts in full, then older ones in a few words; the rest becomes one line
+saying how many were omitted. A 1,000-experiment run sends a prompt no longer than the bound.
 """
 
 from __future__ import annotations
@@ -17,14 +19,21 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import autoresearch
+from autoresearch import contract
+from autoresearch.config import DEFAULT_PROMPT_TOKENS as PROMPT_TOKENS
 from autoresearch.edits import fence
 from autoresearch.errors import AutoresearchError, one_line
+from autoresearch.metrics import SETUP_CAP
 from autoresearch.models import Context, HistoryItem, Stats
 
 TEMPLATES = ("system.md", "propose.md", "repair.md")
+GUIDANCE_CHARS = 2000  # shown of one `steer` entry
+NEAR_MISSES_SHOWN = 10
 KEPT_STATUSES = frozenset({"kept"})
 CHARS_PER_TOKEN = 4
-HISTORY_TOKENS = 2000  # default budget for the history section
+HISTORY_TOKENS = 2000  # budget for the history section when the prompt's bound is not given
+MIN_HISTORY_TOKENS = 1000  # the history's share however large the code is
+DIFF_CHARS = 3000  # kept of one experiment's diff in the history
 CRASH_LOG_LINES = 60
 CRASH_LOG_CHARS = 4000
 
@@ -100,12 +109,68 @@ def render(template: str, variables: Mapping[str, object], *, name: str = "templ
 # -- history ----------------------------------------------------------------------------------
 
 
+def _si(n: float) -> str:
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return f"{n:.3g}"
+
+
+def verdict_words(item: HistoryItem) -> str:
+    """Why it ended, for a researcher: from the verdict's numbers (stage, seeds, Δ against the
+    bar), not from the keep rule's reason text; a failure's own message otherwise."""
+    seeds = f"{item.seeds} seed{'s' if item.seeds != 1 else ''}"
+    if item.threshold is not None and item.delta is not None:
+        if item.status == "kept":
+            return f"cleared the bar on all {seeds}"
+        if item.delta >= 0:
+            return f"worse than its champion ({seeds})"
+        if item.stage == "screen":
+            return "better, but not enough at the screen to measure further"
+        if item.stage == "second-stage":
+            return f"promising at the screen, short of the bar at the second stage ({seeds})"
+        if item.stage == "final":
+            return f"better on average, short of the bar on all {seeds}"
+    return one_line(item.reason, 200) if item.reason.strip() else ""
+
+
 def history_line(item: HistoryItem) -> str:
-    delta = "no result" if item.delta is None else f"Δ {item.delta:+.4f}"
-    line = f"- #{item.id} [{item.status}] {one_line(item.title, 100)} ({delta})"
-    if item.reason.strip():
-        line += f": {one_line(item.reason, 160)}"
-    return line
+    """One experiment: its values, Δ against its own champion and the bar it had, its
+    throughput and resources, and why it ended."""
+    line = f"- #{item.id} [{item.status}] {one_line(item.title, 100)}"
+    parts = []
+    if item.val_bpb is not None:
+        parts.append(f"val_bpb {item.val_bpb:.4f}")
+    if item.delta is not None:
+        vs = f" vs #{item.parent_id}" if item.parent_id is not None else ""
+        bar = f" (bar -{item.threshold:.4f})" if item.threshold is not None else ""
+        parts.append(f"Δ {item.delta:+.4f}{vs}{bar}")
+    elif item.val_bpb is None:
+        parts.append("no result")
+    if item.steps:
+        parts.append(f"{item.steps} steps")
+    if item.tokens_per_s:
+        parts.append(f"{_si(item.tokens_per_s)} tok/s")
+    if item.params:
+        parts.append(f"{_si(item.params)} params")
+    if item.peak_memory_mb:
+        parts.append(f"{item.peak_memory_mb:.0f} MB")
+    line += " (" + ", ".join(parts) + ")"
+    why = verdict_words(item)
+    return line + (f": {why}" if why else "")
+
+
+def compact_line(item: HistoryItem) -> str:
+    """An older attempt in a few words: enough not to rediscover it."""
+    delta = "" if item.delta is None else f" Δ {item.delta:+.4f}"
+    return f"- #{item.id} [{item.status}]{delta} {one_line(item.title, 70)}"
+
+
+def _diff_block(item: HistoryItem) -> str:
+    text = (item.diff or "").strip("\n")
+    if len(text) > DIFF_CHARS:
+        text = text[:DIFF_CHARS] + "\n... (diff cut here)"
+    return "\n" + fence(text, "diff")
 
 
 def _tokens(text: str) -> int:
@@ -118,32 +183,59 @@ def is_kept(item: HistoryItem, kept_ids: Collection[int] | None = None) -> bool:
     return item.status.strip().lower() in KEPT_STATUSES
 
 
+def plan_history(
+    items: list[HistoryItem],
+    budget_tokens: int = HISTORY_TOKENS,
+    *,
+    kept_ids: Collection[int] | None = None,
+) -> tuple[dict[int, str], int]:
+    """How each history item is shown within the budget: id -> "full", "diff" (full, with its
+    diff) or "compact", and how many are left out.
+
+    Kept changes are always shown in full (even past the budget: they are what the champion
+    is made of). Then the diffs carried (the newest few, the near-misses), then other attempts
+    in full newest first, then older ones in a few words; the oldest go first."""
+    ordered = sorted(items, key=lambda it: it.id)
+    plan: dict[int, str] = {}
+    left = budget_tokens - _tokens("- 1000 older attempts omitted (...)") - 10
+
+    def take(it: HistoryItem, how: str, text: str) -> bool:
+        nonlocal left
+        cost = _tokens(text)
+        if cost > left:
+            return False
+        plan[it.id] = how
+        left -= cost
+        return True
+
+    for it in ordered:
+        if is_kept(it, kept_ids):
+            plan[it.id] = "full"
+            left -= _tokens(history_line(it))
+    for it in reversed(ordered):
+        if it.id not in plan and it.diff:
+            take(it, "diff", history_line(it) + _diff_block(it))
+    full = True
+    for it in reversed(ordered):
+        if it.id in plan:
+            continue
+        if full and take(it, "full", history_line(it)):
+            continue
+        full = False  # from here on, a few words each
+        if not take(it, "compact", compact_line(it)):
+            break
+    return plan, len(ordered) - len(plan)
+
+
 def fit_history(
     items: list[HistoryItem],
     budget_tokens: int = HISTORY_TOKENS,
     *,
     kept_ids: Collection[int] | None = None,
 ) -> tuple[list[HistoryItem], int]:
-    """Choose which history items to show: (items in id order, how many were left out).
-
-    Kept changes are always shown (even past the budget: they are what the champion is made
-    of). Other attempts fill the remaining budget newest first; the oldest go first.
-    """
-    ordered = sorted(items, key=lambda it: it.id)
-    kept = [it for it in ordered if is_kept(it, kept_ids)]
-    left = budget_tokens - sum(_tokens(history_line(it)) for it in kept)
-    left -= _tokens("- 1000 older attempts omitted (...)") + 10  # room for the summary line
-    chosen = {it.id for it in kept}
-    for it in reversed(ordered):
-        if it.id in chosen:
-            continue
-        cost = _tokens(history_line(it))
-        if cost > left:
-            break
-        chosen.add(it.id)
-        left -= cost
-    shown = [it for it in ordered if it.id in chosen]
-    return shown, len(ordered) - len(shown)
+    """The history items shown at all (in id order), and how many were left out."""
+    plan, dropped = plan_history(items, budget_tokens, kept_ids=kept_ids)
+    return [it for it in sorted(items, key=lambda it: it.id) if it.id in plan], dropped
 
 
 def render_history(
@@ -154,15 +246,21 @@ def render_history(
 ) -> str:
     if not items and not omitted_before:
         return "No experiments yet: this is the first proposal."
-    shown, dropped = fit_history(items, budget_tokens)
+    plan, dropped = plan_history(items, budget_tokens)
     lines = []
     total = omitted_before + dropped
     if total:
-        shown_ids = {it.id for it in shown}
-        counts = Counter(it.status for it in items if it.id not in shown_ids)
+        counts = Counter(it.status for it in items if it.id not in plan)
         detail = ", ".join(f"{n} {status}" for status, n in counts.most_common())
         lines.append(f"- {total} older attempts omitted" + (f" ({detail})" if detail else ""))
-    lines.extend(history_line(it) for it in shown)
+    for it in sorted(items, key=lambda it: it.id):
+        how = plan.get(it.id)
+        if how == "compact":
+            lines.append(compact_line(it))
+        elif how == "full":
+            lines.append(history_line(it))
+        elif how == "diff":
+            lines.append(history_line(it) + _diff_block(it))
     return "\n".join(lines)
 
 
@@ -235,6 +333,107 @@ def render_curves(curves: Mapping[str, list[tuple[int, float]]]) -> str:
     return "\n".join(lines)
 
 
+# -- what a researcher needs beside the code (issue 21) ---------------------------------------
+
+
+def _mb(x: float | None) -> str:
+    return "unknown" if x is None else f"{x / 1024:.1f} GB" if x >= 1024 else f"{x:.0f} MB"
+
+
+def render_facts(context: Context) -> str:
+    """The run's facts: data, device, budget, and what the champion's training did in it."""
+    f = context.facts
+    if f is None:
+        return ""
+    per_byte = f" ({f.bytes_per_token:g} bytes a token)" if f.bytes_per_token != 1 else ""
+    device = f.device + (f" ({f.device_name})" if f.device_name else "")
+    lines = [
+        "## Run facts",
+        "",
+        f"- data: {f.dataset}: train split {_si(f.train_tokens)} tokens, validation "
+        f"{_si(f.val_tokens)} tokens{per_byte}; vocabulary {f.vocab_size}; evaluation "
+        f"context {f.seq_len or 'unknown'} tokens",
+        f"- device: {device}, memory {_mb(f.device_memory_mb)}; torch "
+        f"{f.torch_version or 'unknown'}",
+        f"- budget: {f.budget} per measurement; setup before the first batch capped at "
+        f"{f.setup_cap:g} s" + (f"; {f.allowance:g} s allowed after a time budget runs out"
+                                if f.allowance else ""),
+    ]
+    if f.champion_id is not None and f.tokens is not None:
+        epochs = f.tokens / f.train_tokens if f.train_tokens else None
+        mfu = f", MFU {f.mfu:.1%}" if f.mfu is not None else ""
+        loss = (f"final training loss {f.train_loss:.4f} vs validation loss "
+                f"{f.val_loss:.4f} (nats/token)" if f.train_loss is not None
+                and f.val_loss is not None else
+                f"validation loss {f.val_loss:.4f} nats/token" if f.val_loss is not None else "")
+        lines.append(
+            f"- champion #{f.champion_id} (mean over its seeds): {f.steps:.0f} steps, "
+            f"{_si(f.tokens)} tokens seen"
+            + (f" = {epochs:.3g} epochs of the train split" if epochs is not None else "")
+            + (f", {_si(f.tokens_per_s)} tokens/s" if f.tokens_per_s else "")
+            + (f", {_si(f.params)} parameters" if f.params else "")
+            + (f", peak memory {_mb(f.peak_memory_mb)}" if f.peak_memory_mb else "")
+            + mfu
+            + (f", setup {f.setup_seconds:.1f} s" if f.setup_seconds else ""))
+        if loss:
+            lines.append(f"- {loss}: a training loss well below the validation loss means "
+                         "over-fitting (data-bound); about equal means there is room to fit "
+                         "more (compute-bound)")
+    return "\n".join(lines)
+
+
+def render_notes(context: Context) -> str:
+    if not context.notes.strip():
+        return ("## Your notes\n\nNone yet. Start your answer with a NOTES: block (see the "
+                "answer format) to keep what you learn for the next calls.")
+    return ("## Your notes\n\nYour own NOTES from your last answer, as you wrote them (they are "
+            "all you remember between calls: rewrite them in full each time).\n\n"
+            + fence(context.notes.strip(), "text"))
+
+
+def render_guidance(context: Context) -> str:
+    if not context.guidance:
+        return ""
+    entries = "\n".join(f"- {one_line(g, GUIDANCE_CHARS)}" for g in context.guidance)
+    return ("## Guidance from the researcher\n\nThe person running this research asks you to "
+            "follow this guidance (newest last) while it stays within the rules:\n\n" + entries)
+
+
+def render_plateau(context: Context) -> str:
+    """The dry spell, the near-misses, and after ``plateau_after`` a plain push to change
+    approach; empty before any experiment."""
+    if not context.history and not context.omitted:
+        return ""
+    n = context.since_keep
+    lines = ["## Progress", ""]
+    lines.append(f"- {n} experiment{'s' if n != 1 else ''} finished since the last kept change."
+                 if n else "- The last finished experiment was kept.")
+    near = [it for it in context.history if it.near_miss]
+    if near:
+        lines.append("- Near-misses (better than their champion, short of the bar):")
+        lines.extend(
+            f"  - #{it.id} {one_line(it.title, 80)}: Δ {it.delta:+.4f} (bar "
+            f"-{it.threshold:.4f}, {it.stage}) vs #{it.parent_id}"
+            for it in near[-NEAR_MISSES_SHOWN:]
+            if it.delta is not None and it.threshold is not None)
+    if context.plateau_after and n >= context.plateau_after:
+        lines += ["", f"No change has been kept in the last {n} experiments: small variations "
+                  "of the same ideas are not paying. Propose a bolder, structural change (the "
+                  "architecture, the optimizer, how the budget is spent) or a combination of "
+                  "near-misses above (name them: \"combines #a and #b\"), not another small "
+                  "tweak of a hyperparameter."]
+    return "\n".join(lines)
+
+
+def render_rules(context: Context) -> str:
+    kind, amount = ("time", 0.0)
+    if context.budget_kind:
+        kind, amount = context.budget_kind, context.budget_amount
+    setup = context.facts.setup_cap if context.facts is not None else SETUP_CAP
+    return contract.rules(metric=context.metric, budget_kind=kind, budget_amount=amount,
+                          setup_cap=setup, bar=context.keep_bar)
+
+
 # -- putting it together ----------------------------------------------------------------------
 
 
@@ -255,21 +454,16 @@ def variables(context: Context, *, history_tokens: int = HISTORY_TOKENS) -> dict
         "crash_log": render_crash_log(context.last_crash_log),
         "curves": render_curves(context.curves),
         "error": (context.repair or "").strip(),
+        "facts": render_facts(context),
+        "notes": render_notes(context),
+        "guidance": render_guidance(context),
+        "progress": render_plateau(context),
+        "rules": render_rules(context),
     }
 
 
-def render_conversation(
-    context: Context,
-    *,
-    directory: Path | None = None,
-    history_tokens: int = HISTORY_TOKENS,
-) -> tuple[str, list[dict[str, str]]]:
-    """The system prompt and the messages (role user/assistant) for one model call.
-
-    A first try is one user message (propose.md). A repair shows the model its previous answer
-    as its own turn, followed by repair.md saying why it could not be used.
-    """
-    directory = directory or prompts_dir()
+def _render_all(context: Context, directory: Path, history_tokens: int
+                ) -> tuple[str, list[dict[str, str]]]:
     values = variables(context, history_tokens=history_tokens)
     system = render(load_template("system.md", directory), values, name="system.md")
     propose = render(load_template("propose.md", directory), values, name="propose.md")
@@ -282,3 +476,32 @@ def render_conversation(
         else:
             messages[0]["content"] = propose + "\n\n" + repair
     return system, messages
+
+
+def prompt_size(system: str, messages: list[dict[str, str]]) -> int:
+    """Estimated tokens of a rendered conversation (about 4 characters a token)."""
+    return _tokens(system + "".join(m["content"] for m in messages))
+
+
+def render_conversation(
+    context: Context,
+    *,
+    directory: Path | None = None,
+    history_tokens: int | None = None,
+) -> tuple[str, list[dict[str, str]]]:
+    """The system prompt and the messages (role user/assistant) for one model call.
+
+    A first try is one user message (propose.md). A repair shows the model its previous answer
+    as its own turn, followed by repair.md saying why it could not be used.
+
+    The history gets what the prompt's bound (``context.prompt_tokens``, else
+    ``PROMPT_TOKENS``) leaves after everything else, at least ``MIN_HISTORY_TOKENS``; an
+    explicit ``history_tokens`` fixes its budget instead.
+    """
+    directory = directory or prompts_dir()
+    if history_tokens is None:
+        bound = context.prompt_tokens or PROMPT_TOKENS
+        bare = context.model_copy(update={"history": [], "omitted": 0})
+        rest = prompt_size(*_render_all(bare, directory, 0))
+        history_tokens = max(MIN_HISTORY_TOKENS, bound - rest)
+    return _render_all(context, directory, history_tokens)

@@ -36,19 +36,20 @@ from autoresearch.loop.replay import replay
 from autoresearch.loop.run import ActiveRun, LoopStopped, Reporter, open_run, reopen
 from autoresearch.loop.scheduler import BaselineFailed, ResearchLoop
 from autoresearch.models import ExperimentKind, Proposal, RunState
-from autoresearch.store import Experiment, Store, is_done
+from autoresearch.store import Experiment, Run, Store, is_done
 from autoresearch.workspace import Workspace
 
 __all__ = [
     "HISTORY_RECENT", "ActiveRun", "BaselineFailed", "LoopStopped", "Reporter", "ResearchLoop",
-    "check_cost_cap", "cpu_cores", "log_tail", "make_workers", "reopen", "replay",
+    "check_cost_cap", "cpu_cores", "log_tail", "make_workers", "next_prompt", "reopen", "replay",
     "replay_once", "resume", "start",
 ]
 
 # what a resumed run may change from the settings it started with: where things are, prices,
 # spending, patience, where jobs run
 RESUMABLE = ("max_cost", "repairs", "keep_worktrees", "sandbox", "pipeline", "ray_address",
-             "workers", "gpu", "backend")
+             "workers", "gpu", "backend", "prompt_tokens", "plateau_after", "thinking_tokens",
+             "reasoning_effort")
 
 
 def start(settings: Settings, store: Store, ws: Workspace, agent: Agent, reporter: Reporter,
@@ -125,6 +126,23 @@ def replay_once(settings: Settings, store: Store, ws: Workspace, reporter: Repor
         return replay(active, worker, exp, onto=onto, seeds=seeds)
     finally:
         worker.close()
+
+
+def next_prompt(settings: Settings, store: Store, ws: Workspace, reporter: Reporter,
+                run: Run) -> tuple[str, list[dict[str, str]]]:
+    """The system prompt and messages a model agent would get next in ``run``, built exactly as
+    the loop builds them (the run's settings, its champion, the store as it is now)."""
+    from autoresearch.agents.prompts import prompts_dir, render_conversation
+    from autoresearch.loop.context import build
+
+    s = Settings.exactly(run.config).model_copy(update={
+        "workspace": settings.workspace, "db": settings.db})
+    if run.champion_experiment_id is None:
+        raise UsageError(f"run {run.id} has no measured baseline yet: there is no prompt to show")
+    active = reopen(s, store, ws, reporter, run)
+    context = build(active, ws.read_files(run.champion_commit))
+    own = ws.root / "prompts"
+    return render_conversation(context, directory=own if own.is_dir() else prompts_dir())
 
 
 def check_cost_cap(s: Settings, agent: Agent) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from autoresearch import edits, guard, leak
+from autoresearch import edits, guard, leak, notebook
 from autoresearch.agents.base import Agent, AgentError, AgentExhausted, AgentFatal, Answer
 from autoresearch.errors import one_line
 from autoresearch.loop import context as context_mod
@@ -59,7 +59,8 @@ class Proposer:
                 run_id=self.active.id, experiment_id=exp_id, attempt=attempt,
                 provider=c.provider, model=c.model, input_tokens=c.input_tokens,
                 output_tokens=c.output_tokens, latency_s=c.latency_s, cost_usd=c.cost_usd,
-                error=c.error, raw=c.raw)
+                error=c.error, raw=c.raw, notes=notebook.notes_of(c.raw),
+                reasoning_tokens=c.reasoning_tokens)
 
     # -- the ask, check and apply steps ---------------------------------------------------------
     def next(self) -> Candidate | None:
