@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     gpu: str | None = None  # CUDA devices, one worker each: "0,1,2,3"
     workers: int | None = Field(default=None, ge=1, le=256)  # default: one per --gpu, else 1
-    # ask the agent for the next proposal while jobs train (None: yes, except for a scripted
-    # mock agent, whose entries were written one after the other)
+    # ask the agent for the next proposal while jobs train (None: yes with several workers,
+    # except for a scripted mock agent, whose entries were written one after the other; with
+    # one worker the next proposal is asked for once the last result is in, so it sees it)
     pipeline: bool | None = None
     backend: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # a Ray cluster's address (default: ray's own lookup)

@@ -224,7 +224,12 @@ class ResearchLoop:
         running = 0
         exhausted = False
         stop: BaseException | None = None
-        pipelined = s.pipeline if s.pipeline is not None else not self.agent.scripted
+        # by default one proposal waits per worker while jobs train, except with one worker:
+        # then the next proposal is asked for once the result it would otherwise miss is in
+        # (a model's latency is small against a GPU run, and a keep would force a proposal
+        # made meanwhile to be ported and measured again); never for a scripted agent
+        pipelined = (s.pipeline if s.pipeline is not None
+                     else not self.agent.scripted and len(self.lanes) > 1)
         while True:
             free = [lane for lane in self.lanes if lane.current is None]
             while ready and free:
