@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 MAX_NOTES_CHARS = 6000  # kept of one block (about 1,500 tokens): a notebook, not a diary
-_NOTES = re.compile(r"^[ \t*_#]*NOTES[*_]*:[ \t]*(?P<first>.*)$", re.MULTILINE)
+_NOTES = re.compile(r"^[ \t*_#]*NOTES[*_]*:[*_]*[ \t]*(?P<first>.*)$", re.MULTILINE)
 _TITLE = re.compile(r"^[ \t*_#]*TITLE[*_]*:", re.MULTILINE)
 
 

@@ -40,6 +40,9 @@ class Reply:
     model: str | None = None  # the model named in the response; default: the requested one
     message: str = ""  # error message for status >= 400
     headers: dict[str, str] = field(default_factory=dict)
+    # Anthropic: a thinking block before the text; OpenAI: reasoning tokens in the usage
+    thinking: str | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass
@@ -71,6 +74,24 @@ class Request:
         return "\n".join(parts)
 
     @property
+    def user_text(self) -> str:
+        """The first user message (the proposal request)."""
+        for message in self.body.get("messages", []):
+            if message.get("role") == "user" and isinstance(message.get("content"), str):
+                return str(message["content"])
+        return ""
+
+    @property
+    def system_text(self) -> str:
+        system = self.body.get("system")
+        if isinstance(system, str):
+            return system
+        for message in self.body.get("messages", []):
+            if message.get("role") == "system":
+                return str(message.get("content", ""))
+        return ""
+
+    @property
     def roles(self) -> list[str]:
         return [str(m.get("role")) for m in self.body.get("messages", [])]
 
@@ -90,15 +111,23 @@ def _anthropic_body(reply: Reply, model: str) -> dict[str, Any]:
     if reply.status >= 400:
         kind = _ERROR_TYPES.get(reply.status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": reply.message or kind}}
+    content: list[dict[str, Any]] = [{"type": "text", "text": reply.text}]
+    usage: dict[str, Any] = {"input_tokens": reply.input_tokens,
+                             "output_tokens": reply.output_tokens}
+    if reply.thinking is not None:
+        content.insert(0, {"type": "thinking", "thinking": reply.thinking,
+                           "signature": "fake-signature"})
+    if reply.reasoning_tokens is not None:
+        usage["output_tokens_details"] = {"thinking_tokens": reply.reasoning_tokens}
     return {
         "id": "msg_fake",
         "type": "message",
         "role": "assistant",
         "model": reply.model or model,
-        "content": [{"type": "text", "text": reply.text}],
+        "content": content,
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+        "usage": usage,
     }
 
 
@@ -123,6 +152,8 @@ def _openai_body(reply: Reply, model: str) -> dict[str, Any]:
             "prompt_tokens": reply.input_tokens,
             "completion_tokens": reply.output_tokens,
             "total_tokens": reply.input_tokens + reply.output_tokens,
+            **({} if reply.reasoning_tokens is None else
+               {"completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens}}),
         },
     }
 
@@ -130,6 +161,8 @@ def _openai_body(reply: Reply, model: str) -> dict[str, Any]:
 class FakeLLMServer:
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        # called with each request before it is answered (a test acting "while the loop runs")
+        self.on_request: Any = None
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests it was answering at once
         self._queue: deque[Reply] = deque()
@@ -226,6 +259,8 @@ class FakeLLMServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
+                    if server.on_request is not None:
+                        server.on_request(request)
                     self._answer(request)
                 finally:
                     with server._lock:

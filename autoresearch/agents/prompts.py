@@ -462,9 +462,11 @@ def variables(context: Context, *, history_tokens: int = HISTORY_TOKENS) -> dict
     }
 
 
-def _render_all(context: Context, directory: Path, history_tokens: int
-                ) -> tuple[str, list[dict[str, str]]]:
+def _render_all(context: Context, directory: Path, history_tokens: int, *,
+                without_history: bool = False) -> tuple[str, list[dict[str, str]]]:
     values = variables(context, history_tokens=history_tokens)
+    if without_history:
+        values["history"] = ""  # to measure what everything else takes
     system = render(load_template("system.md", directory), values, name="system.md")
     propose = render(load_template("propose.md", directory), values, name="propose.md")
     messages = [{"role": "user", "content": propose}]
@@ -501,7 +503,6 @@ def render_conversation(
     directory = directory or prompts_dir()
     if history_tokens is None:
         bound = context.prompt_tokens or PROMPT_TOKENS
-        bare = context.model_copy(update={"history": [], "omitted": 0})
-        rest = prompt_size(*_render_all(bare, directory, 0))
+        rest = prompt_size(*_render_all(context, directory, 0, without_history=True))
         history_tokens = max(MIN_HISTORY_TOKENS, bound - rest)
     return _render_all(context, directory, history_tokens)
