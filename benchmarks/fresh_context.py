@@ -16,6 +16,7 @@ Prints one line per mode and one figure: ``saw previous: pipelined a/b, fresh c/
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def saw_previous(db: Path) -> tuple[int, int]:
                 if e.status in FINAL]
     finally:
         store.close()
-    pairs = list(zip(exps, exps[1:], strict=False))
+    pairs = list(itertools.pairwise(exps))
     return sum(nxt.created_at >= prev.updated_at for prev, nxt in pairs), len(pairs)
 
 

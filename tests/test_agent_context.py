@@ -139,7 +139,7 @@ def prepared(make_dataset: Callable[..., data.PreparedData]) -> data.PreparedDat
 def test_a_thousand_experiments_stay_under_the_bound_with_every_keep(
         tmp_path: Path, prepared: data.PreparedData, bound: int) -> None:
     store = Store(tmp_path / "results.db")
-    run_id, champion = fill(store, 1000)
+    run_id, _champion = fill(store, 1000)
     active = active_run(tmp_path, store, run_id, prepared, prompt_tokens=bound)
     ctx = context_mod.build(active, {"train.py": SOURCE})
     system, messages = render_conversation(ctx)
@@ -160,7 +160,7 @@ def test_a_thousand_experiments_stay_under_the_bound_with_every_keep(
     store.close()
 
 
-# -- facts, history numbers, near-misses, dry spell -------------------------------------------------
+# -- facts, history numbers, near-misses, dry spell ------------------------------------------------
 
 
 def test_facts_and_history_carry_the_runs_numbers(tmp_path: Path,
@@ -199,7 +199,7 @@ def test_facts_and_history_carry_the_runs_numbers(tmp_path: Path,
     store.close()
 
 
-# -- the notebook -----------------------------------------------------------------------------------
+# -- the notebook ----------------------------------------------------------------------------------
 
 
 ANSWER = ("Let me think about the loss curve first.\n"
