@@ -155,6 +155,16 @@ def test_notes_guidance_facts_and_fresh_results_reach_the_prompts(tmp_path: Path
     (run,) = cli_json("--workspace", str(ws), "runs")
     assert run["guidance"][0]["text"] == GUIDANCE and run["guidance"][0]["created_at"]
     assert run["notes"] == "- note four"
+    # the dashboard: the run's guidance and newest notes, an experiment's notes and guidance
+    from fastapi.testclient import TestClient
+
+    from autoresearch.dashboard import create_app
+
+    web = TestClient(create_app(ws, ws / "results.db"))
+    page = web.get("/runs/1").text
+    assert GUIDANCE in page and "- note four" in page
+    page = web.get("/experiments/4").text
+    assert "note three: resume must carry me" in page and GUIDANCE in page
     code, out = cli("--workspace", str(ws), "steer", "--clear")
     assert code == 0 and "1 guidance entry cleared" in out
     code, out = cli("--workspace", str(ws), "steer", "--list")
@@ -191,3 +201,12 @@ def test_reasoning_options_belong_to_their_provider(tmp_path: Path) -> None:
     code, out = cli("--workspace", str(ws), "loop", "--agent", "playbook",
                     "--reasoning-effort", "extreme", "--budget", "1")
     assert code != 0 and "Traceback" not in out
+
+
+def test_steer_and_prompt_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
+    ws = loop_workspace(tmp_path)
+    for args, says in ((["steer", "go"], "no runs yet"), (["steer"], "exactly one of"),
+                       (["steer", "x", "--clear"], "exactly one of"),
+                       (["prompt"], "no runs yet"), (["prompt", "--run", "7"], "no run 7")):
+        code, out = cli("--workspace", str(ws), *args)
+        assert code == 2 and says in out and "Traceback" not in out, (args, out)
