@@ -205,8 +205,13 @@ def test_reasoning_options_belong_to_their_provider(tmp_path: Path) -> None:
 
 def test_steer_and_prompt_refuse_bad_input_in_one_line(tmp_path: Path) -> None:
     ws = loop_workspace(tmp_path)
-    for args, says in ((["steer", "go"], "no runs yet"), (["steer"], "exactly one of"),
-                       (["steer", "x", "--clear"], "exactly one of"),
-                       (["prompt"], "no runs yet"), (["prompt", "--run", "7"], "no run 7")):
+    cases = [(["steer", "go"], "no results database"), (["steer"], "exactly one of"),
+             (["steer", "x", "--clear"], "exactly one of"), (["prompt"], "no results database")]
+    for args, says in cases:
+        code, out = cli("--workspace", str(ws), *args)
+        assert code == 2 and says in out and "Traceback" not in out, (args, out)
+    Store(ws / "results.db").close()  # a results file without runs
+    for args, says in ((["steer", "go"], "no runs yet"), (["prompt", "--run", "7"], "no run 7"),
+                       (["steer", "  "], "no runs yet")):
         code, out = cli("--workspace", str(ws), *args)
         assert code == 2 and says in out and "Traceback" not in out, (args, out)
