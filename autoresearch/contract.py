@@ -92,15 +92,22 @@ def bar_rule(bar: KeepBar | None, metric: str) -> str:
                 f"the keep rule's bar ({decide.RULE_NAME}); the bar is set once the baseline "
                 "is measured.")
     src = "measured" if bar.noise_df > 0 else "assumed (not measured yet)"
+    dof = f"{bar.noise_df} degree{'s' if bar.noise_df != 1 else ''} of freedom"
+    recent = ""
+    if bar.recent:
+        shown = ", ".join(f"{x:.4f}" for x in bar.recent)
+        recent = (f" The last final tests in this run needed {shown}: a candidate whose seeds "
+                  "disagree needs more than the floor.")
     return (f"The keep bar, in this run's numbers: the seed noise of {metric} is "
-            f"σ = {bar.noise_std:.4f} ({src}, {bar.noise_df} degrees of freedom). A candidate "
+            f"σ = {bar.noise_std:.4f} ({src}, {dof}). A candidate "
             f"is measured on {bar.seeds} paired seed{'s' if bar.seeds > 1 else ''} against the "
             f"champion. After the first seed it goes on only if it is better by more than "
             f"{bar.screen:.4f}; it is kept only if its mean paired improvement over all "
             f"{bar.seeds} exceeds {bar.final:.4f} (one-sided t test at α = {bar.alpha:g}"
             + (f", plus min_delta {bar.min_delta:g}" if bar.min_delta else "")
-            + "; more if its seeds disagree more than the run's noise). An improvement "
-            f"smaller than {bar.final:.4f} is not worth proposing: aim well above it.")
+            + "; more if its seeds disagree more than the run's noise)." + recent
+            + f" An improvement smaller than {bar.final:.4f} is not worth proposing: aim well "
+            "above it.")
 
 
 def rules(*, metric: str, budget_kind: str, budget_amount: float, setup_cap: float,

@@ -75,6 +75,9 @@ class KeepBar(BaseModel):
     min_delta: float
     screen: float  # the improvement needed at one seed to be measured further
     final: float  # the improvement needed on all seeds at the run's noise floor
+    # the improvements the run's newest final tests actually needed (their own seeds' spread
+    # raises the bar above the floor), newest last
+    recent: list[float] = Field(default_factory=list)
 
 
 class RunFacts(BaseModel):

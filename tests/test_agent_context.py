@@ -177,8 +177,12 @@ def test_facts_and_history_carry_the_runs_numbers(tmp_path: Path,
     assert f.steps == 380 and f.params == 870_000 and f.seq_len == 256
     assert f.tokens_per_s == pytest.approx(400 * 8 * 64 / 20.0)
     assert f.torch_version == "2.13.0+cpu"
-    _, messages = render_conversation(ctx)
+    system, messages = render_conversation(ctx)
     user = messages[0]["content"]
+    # beside the floor bar, what the run's newest final tests actually needed
+    finals = [it.threshold for it in ctx.history if it.stage == "final"]
+    assert ctx.keep_bar is not None and ctx.keep_bar.recent == finals[-5:]
+    assert f"The last final tests in this run needed {finals[-5]:.4f}" in system
     epochs = 400 * 8 * 64 / prepared.train_tokens
     assert f"{epochs:.3g} epochs of the train split" in user
     assert "vocabulary 256" in user and "evaluation context 256 tokens" in user

@@ -120,9 +120,10 @@ def verdict_words(item: HistoryItem) -> str:
     """Why it ended, for a researcher: from the verdict's numbers (stage, seeds, Δ against the
     bar), not from the keep rule's reason text; a failure's own message otherwise."""
     seeds = f"{item.seeds} seed{'s' if item.seeds != 1 else ''}"
+    every = "both seeds" if item.seeds == 2 else f"all {seeds}"
     if item.threshold is not None and item.delta is not None:
         if item.status == "kept":
-            return f"cleared the bar on all {seeds}"
+            return f"cleared the bar on {every}"
         if item.delta >= 0:
             return f"worse than its champion ({seeds})"
         if item.stage == "screen":
@@ -130,7 +131,7 @@ def verdict_words(item: HistoryItem) -> str:
         if item.stage == "second-stage":
             return f"promising at the screen, short of the bar at the second stage ({seeds})"
         if item.stage == "final":
-            return f"better on average, short of the bar on all {seeds}"
+            return f"better on average, short of the bar on {every}"
     return one_line(item.reason, 200) if item.reason.strip() else ""
 
 
@@ -374,7 +375,7 @@ def render_facts(context: Context) -> str:
             + (f", {_si(f.params)} parameters" if f.params else "")
             + (f", peak memory {_mb(f.peak_memory_mb)}" if f.peak_memory_mb else "")
             + mfu
-            + (f", setup {f.setup_seconds:.1f} s" if f.setup_seconds else ""))
+            + (f", setup {f.setup_seconds:.1f} s" if (f.setup_seconds or 0) >= 0.05 else ""))
         if loss:
             lines.append(f"- {loss}: a training loss well below the validation loss means "
                          "over-fitting (data-bound); about equal means there is room to fit "

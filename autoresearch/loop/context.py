@@ -40,6 +40,7 @@ ES = ExperimentStatus
 HISTORY_RECENT = 400
 DIFFS_RECENT = 3  # the newest experiments whose diffs are shown (near-misses too, up to:)
 DIFFS_NEAR = 5
+RECENT_BARS = 5  # the bars of the newest final tests quoted beside the keep bar
 
 
 def build(active: ActiveRun, files: dict[str, str]) -> Context:
@@ -73,7 +74,9 @@ def build(active: ActiveRun, files: dict[str, str]) -> Context:
         history=history, omitted=omitted, last_crash_log=crash_log, curves=curves,
         facts=facts(active, champ, curves),
         keep_bar=None if baseline is None else contract.keep_bar(
-            noise_std, noise_df, n, run.min_delta, champ.val_bpb if champ else None),
+            noise_std, noise_df, n, run.min_delta, champ.val_bpb if champ else None
+        ).model_copy(update={"recent": [it.threshold for it in history if it.stage == "final"
+                                        and it.threshold is not None][-RECENT_BARS:]}),
         notes=(notes.notes or "") if notes is not None else "",
         guidance=[g.text for g in store.guidance(run_id)],
         since_keep=store.since_keep(run_id), plateau_after=s.plateau_after,
