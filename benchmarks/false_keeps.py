@@ -178,6 +178,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
     seeds = run.seed_list
     ours = naive = measured = 0
     failed: list[str] = []
+    keeps: list[str] = []  # our rule's false keeps, with their reasons
     champion: dict[int, float] = {}  # the champion's values when each candidate was measured
 
     def values(exp_id: int | None) -> dict[int, float]:
@@ -202,10 +203,11 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
                      f"ours {exp.status.value}, naive {verdict.verdict}", markup=False)
         if exp.status == ExperimentStatus.kept:
             champion = values(exp.id)
+            keeps.append(f"#{exp.id} {exp.title} kept: {exp.reason}")
     spent = sum(len(store.measurements(e.id)) for e in exps  # type: ignore[arg-type]
                 if e.kind == "candidate")
     store.close()
-    return {"ours": ours, "naive": naive, "measured": measured, "failed": failed,
+    return {"ours": ours, "naive": naive, "measured": measured, "failed": failed, "keeps": keeps,
             "per_candidate": spent / max(len([e for e in exps if e.kind == "candidate"]), 1),
             "noise": run.noise_std, "seconds": seconds, "budget": loop.active.budget.describe(),
             "dataset": run.dataset, "drifted": len(store.drifted(run.id))}
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               f"K={args.seeds} seeds, {r['budget']} budget, {DESCRIBE[args.proposals]}, "
               f"baseline noise {noise}, data {Path(r['dataset']).name}, "
               f"{r['seconds']:.0f} s{failed}]", flush=True)
+        for line in r["keeps"]:
+            print(f"  {line}", flush=True)
         for line in r["failed"]:
             print(f"  {line}", file=sys.stderr)
     return 0
