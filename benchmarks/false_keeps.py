@@ -58,7 +58,7 @@ from rich.console import Console
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.loop import start
-from autoresearch.models import ExperimentStatus, RunStatus
+from autoresearch.models import ExperimentStatus, MeasurementRole, RunStatus
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Store
 from autoresearch.workspace import Workspace, init_workspace
@@ -183,7 +183,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
 
     def values(exp_id: int | None) -> dict[int, float]:
         assert exp_id is not None
-        return {m.seed: m.val_bpb for m in store.measurements(exp_id, role="candidate")
+        return {m.seed: m.val_bpb for m in store.measurements(exp_id, role=MeasurementRole.candidate)
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     for exp in exps:
@@ -204,8 +204,7 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
         if exp.status == ExperimentStatus.kept:
             champion = values(exp.id)
             keeps.append(f"#{exp.id} {exp.title} kept: {exp.reason}")
-    spent = sum(len(store.measurements(e.id)) for e in exps  # type: ignore[arg-type]
-                if e.kind == "candidate")
+    spent = sum(len(store.measurements(e.id or 0)) for e in exps if e.kind == "candidate")
     store.close()
     return {"ours": ours, "naive": naive, "measured": measured, "failed": failed, "keeps": keeps,
             "per_candidate": spent / max(len([e for e in exps if e.kind == "candidate"]), 1),
