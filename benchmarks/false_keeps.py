@@ -183,7 +183,8 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
 
     def values(exp_id: int | None) -> dict[int, float]:
         assert exp_id is not None
-        return {m.seed: m.val_bpb for m in store.measurements(exp_id, role=MeasurementRole.candidate)
+        own = store.measurements(exp_id, role=MeasurementRole.candidate)
+        return {m.seed: m.val_bpb for m in own
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     for exp in exps:
