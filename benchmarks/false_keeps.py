@@ -58,7 +58,7 @@ from rich.console import Console
 from autoresearch.agents.mock import MockAgent
 from autoresearch.config import Settings
 from autoresearch.loop import start
-from autoresearch.models import ExperimentStatus, RunStatus
+from autoresearch.models import ExperimentStatus, MeasurementRole, RunStatus
 from autoresearch.progress import PlainReporter
 from autoresearch.store import Store
 from autoresearch.workspace import Workspace, init_workspace
@@ -178,11 +178,13 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
     seeds = run.seed_list
     ours = naive = measured = 0
     failed: list[str] = []
+    keeps: list[str] = []  # our rule's false keeps, with their reasons
     champion: dict[int, float] = {}  # the champion's values when each candidate was measured
 
     def values(exp_id: int | None) -> dict[int, float]:
         assert exp_id is not None
-        return {m.seed: m.val_bpb for m in store.measurements(exp_id, role="candidate")
+        own = store.measurements(exp_id, role=MeasurementRole.candidate)
+        return {m.seed: m.val_bpb for m in own
                 if m.status == RunStatus.ok and m.val_bpb is not None}
 
     for exp in exps:
@@ -202,10 +204,10 @@ def run_benchmark(args: argparse.Namespace, tmp: Path, scenario: str = "steady"
                      f"ours {exp.status.value}, naive {verdict.verdict}", markup=False)
         if exp.status == ExperimentStatus.kept:
             champion = values(exp.id)
-    spent = sum(len(store.measurements(e.id)) for e in exps  # type: ignore[arg-type]
-                if e.kind == "candidate")
+            keeps.append(f"#{exp.id} {exp.title} kept: {exp.reason}")
+    spent = sum(len(store.measurements(e.id or 0)) for e in exps if e.kind == "candidate")
     store.close()
-    return {"ours": ours, "naive": naive, "measured": measured, "failed": failed,
+    return {"ours": ours, "naive": naive, "measured": measured, "failed": failed, "keeps": keeps,
             "per_candidate": spent / max(len([e for e in exps if e.kind == "candidate"]), 1),
             "noise": run.noise_std, "seconds": seconds, "budget": loop.active.budget.describe(),
             "dataset": run.dataset, "drifted": len(store.drifted(run.id))}
@@ -259,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
               f"K={args.seeds} seeds, {r['budget']} budget, {DESCRIBE[args.proposals]}, "
               f"baseline noise {noise}, data {Path(r['dataset']).name}, "
               f"{r['seconds']:.0f} s{failed}]", flush=True)
+        for line in r["keeps"]:
+            print(f"  {line}", flush=True)
         for line in r["failed"]:
             print(f"  {line}", file=sys.stderr)
     return 0

@@ -234,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{'power 3σ':>9} {'harmful kept':>12} {'gain σ/100 meas':>15}")
     print("in a run (the champion's stored values are those it was kept on: selected low)")
     print(head)
-    for kind in ("time", "tokens"):
+    kinds: tuple[Kind, Kind] = ("time", "tokens")
+    for kind in kinds:
         for plan in (OLD, NEW, NAIVE):
             r = summary(simulate_runs(plan, kind, runs=args.runs, candidates=args.candidates,
-                                      k=args.seeds, rng=args.rng))  # type: ignore[arg-type]
+                                      k=args.seeds, rng=args.rng))
             print(f"{kind:<7} {plan.name:<6} {r['per_candidate']:>9.2f} "
                   f"{r['false_keeps']:>11.1%} {r['power_2']:>9.1%} {r['power_3']:>9.1%} "
                   f"{r['harmful_kept']:>12.1%} {r['gain_per_100']:>15.1f}", flush=True)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
           "ten experiments)")
     print(f"{'budget':<7} {'plan':<6} {'noise df':>8} {'false keeps':>11} {'power 2σ':>9} "
           f"{'power 3σ':>9}")
-    for kind in ("time", "tokens"):
+    for kind in kinds:
         for plan in (OLD, NEW):
             for kb in (args.seeds, 21):
                 if kb == 21 and not plan.pooled:

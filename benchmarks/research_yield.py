@@ -56,6 +56,9 @@ def main() -> int:
                     help="a dataset name (shakespeare, offline) or a text file / folder")
     ap.add_argument("--experiments", type=int, default=20)
     ap.add_argument("--time-budget", type=float, default=60.0, help="seconds per measurement")
+    ap.add_argument("--token-budget", type=int, default=None,
+                    help="training tokens per measurement instead (results independent of the "
+                    "machine's load; device time still counted in seconds)")
     ap.add_argument("--seeds", type=int, default=3, help="seeds of the loop's keep rule")
     ap.add_argument("--fresh-seeds", type=int, default=3, help="seeds 100.. for the final check")
     ap.add_argument("--device", default="cpu")
@@ -81,7 +84,8 @@ def our_loop(args: argparse.Namespace, ws: Path) -> bool:
     init_workspace(ws)
     cmd = [sys.executable, "-m", "autoresearch", "--workspace", str(ws), "loop",
            "--agent", args.agent, "--budget", str(args.experiments),
-           "--time-budget", str(args.time_budget), "--seeds", str(args.seeds),
+           *(["--token-budget", str(args.token_budget)] if args.token_budget else
+             ["--time-budget", str(args.time_budget)]), "--seeds", str(args.seeds),
            "--device", args.device, "--dataset", args.data]
     say(" ".join(cmd[1:]))
     return subprocess.run(cmd).returncode == 0
@@ -105,18 +109,24 @@ def naive_loop(args: argparse.Namespace, ws: Path, experiments: int) -> bool:
     say(f"naive loop: {experiments} experiments, one seed each, kept if lower at all")
     settings = Settings.exactly(dict(workspace=ws, agent="playbook", seeds=1,
                                      device=args.device, dataset=args.data,
-                                     time_budget=args.time_budget))
+                                     **budget_setting(args)))
     store = Store(settings.db_path)
     plan = trial_mod.measure
-    trial_mod.measure = naive_measure  # type: ignore[assignment]
+    trial_mod.measure = naive_measure
     try:
         reporter = PlainReporter(Console(stderr=True), Console(stderr=True))
         loop = start(settings, store, Workspace(ws), PlaybookAgent(), reporter, experiments)
         loop.execute()
         return True
     finally:
-        trial_mod.measure = plan  # type: ignore[assignment]
+        trial_mod.measure = plan
         store.close()
+
+
+def budget_setting(args: argparse.Namespace) -> dict[str, float | int]:
+    if args.token_budget:
+        return {"token_budget": args.token_budget}
+    return {"time_budget": args.time_budget}
 
 
 def finished(ws: Path) -> tuple[Run, list[tuple[int, str, float | None]], float]:
@@ -169,7 +179,8 @@ def run(args: argparse.Namespace, root: Path) -> int:
             return 1
         sources[name] = champ
 
-    budget = Budget(kind="time", amount=args.time_budget)
+    budget = (Budget(kind="tokens", amount=args.token_budget) if args.token_budget
+              else Budget(kind="time", amount=args.time_budget))
     fresh = [100 + i for i in range(args.fresh_seeds)]
     values: dict[str, dict[int, float]] = {name: {} for name in sources}
     for seed in fresh:

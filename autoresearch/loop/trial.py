@@ -151,11 +151,13 @@ def _reference(a: ActiveRun, cand: Candidate) -> tuple[dict[int, float], str] | 
     The speed figures come from the training processes, so they only ever choose what the
     stages — which can only discard — compare with; the final test never reads them."""
     stored = a.values(cand.parent_id)
-    screen = [m for m in a.store.measurements(cand.exp_id, role=MeasurementRole.candidate)
+    screen = [m.speed for m in a.store.measurements(cand.exp_id, role=MeasurementRole.candidate)
               if m.seed == a.seeds[0]]
-    if not screen or screen[-1].drift is None or screen[-1].speed is None:
+    own = [m.speed for m in a.store.measurements(cand.parent_id, role=MeasurementRole.candidate)
+           if m.speed is not None]
+    speed = screen[-1] if screen else None
+    if speed is None or not own or not speed_mod.drifted(speed_mod.ratio(speed, own), own):
         return stored, "stored"
-    speed = screen[-1].speed
     for exp_id, sets in reversed(a.store.remeasured(a.id, cand.parent_id, a.seeds)):
         speeds = [sp for _, sp in sets.values() if sp is not None]
         if speeds and not speed_mod.drifted(speed_mod.ratio(speed, speeds), speeds):
