@@ -14,9 +14,10 @@ from conftest import generated_text
 from typer.testing import CliRunner
 
 from autoresearch import data, leak
-from autoresearch.agents.prompts import load_template
+from autoresearch.agents.prompts import render_conversation
 from autoresearch.cli import app
 from autoresearch.guard import GuardViolation
+from autoresearch.models import Context
 from autoresearch.store import Store
 from autoresearch.workspace import init_workspace
 
@@ -133,7 +134,8 @@ def test_the_index_is_built_once_per_dataset(val_data: data.PreparedData) -> Non
 
 
 def test_the_agent_is_told_that_validation_text_is_refused() -> None:
-    text = load_template("system.md")
+    # the rules are generated (autoresearch/contract.py): the rendered system prompt says it
+    text, _ = render_conversation(Context(files={"train.py": ""}))
     assert f"{leak.WINDOW} bytes" in text and "validation" in text and "refused" in text
 
 
