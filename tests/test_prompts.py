@@ -112,7 +112,7 @@ def test_user_edited_template_is_used_and_checked(tmp_path: Path) -> None:
         render_conversation(context(), directory=directory)
     (directory / "propose.md").write_text("Code:\n{{files}}", encoding="utf-8")
     system, messages = render_conversation(context(), directory=directory)
-    assert system == "You optimise val_bpb."
+    assert system.startswith("You optimise val_bpb.\n\n## Rules")  # the generated rules added
     assert SOURCE.strip() in messages[0]["content"]
 
 
@@ -261,3 +261,21 @@ def test_omitted_summary_counts_statuses() -> None:
     shown = len(text.splitlines()) - 1
     assert total == 100 - shown + 5
     assert "discarded" in first and "crash" in first
+
+
+def test_an_older_workspace_template_still_gets_the_new_sections(tmp_path: Path) -> None:
+    """A workspace's prompts/ copied by an older `init` places none of the new sections: they
+    are appended (rules, notebook, facts, guidance, notes, progress), none twice."""
+    directory = tmp_path / "prompts"
+    directory.mkdir()
+    (directory / "system.md").write_text("You optimise {{metric}}.", encoding="utf-8")
+    (directory / "propose.md").write_text("Code:\n{{files}}\n{{history}}", encoding="utf-8")
+    (directory / "repair.md").write_text("{{error}}", encoding="utf-8")
+    ctx = context(history=history(3), guidance=["Try wider models"], notes="my note")
+    system, messages = render_conversation(ctx, directory=directory)
+    assert "## Rules" in system and "NOTES:" in system
+    user = messages[0]["content"]
+    for heading in ("## Guidance from the researcher", "## Your notes", "## Progress"):
+        assert user.count(heading) == 1
+    system, messages = render_conversation(ctx)  # the shipped templates place them all
+    assert system.count("## Rules") == 1 and messages[0]["content"].count("## Your notes") == 1

@@ -468,8 +468,11 @@ def _render_all(context: Context, directory: Path, history_tokens: int, *,
     values = variables(context, history_tokens=history_tokens)
     if without_history:
         values["history"] = ""  # to measure what everything else takes
-    system = render(load_template("system.md", directory), values, name="system.md")
-    propose = render(load_template("propose.md", directory), values, name="propose.md")
+    system_t = load_template("system.md", directory)
+    propose_t = load_template("propose.md", directory)
+    system = render(system_t, values, name="system.md") + _added(system_t, values, SYSTEM_ADDS)
+    propose = render(propose_t, values, name="propose.md") + _added(propose_t, values,
+                                                                    PROPOSE_ADDS)
     messages = [{"role": "user", "content": propose}]
     if context.repair:
         repair = render(load_template("repair.md", directory), values, name="repair.md")
@@ -479,6 +482,28 @@ def _render_all(context: Context, directory: Path, history_tokens: int, *,
         else:
             messages[0]["content"] = propose + "\n\n" + repair
     return system, messages
+
+
+# sections a workspace's own templates may predate (copied by an older `autoresearch init`):
+# the ones a template does not place are appended, so that no workspace misses them
+SYSTEM_ADDS = ("rules", "notebook")
+PROPOSE_ADDS = ("facts", "guidance", "notes", "progress")
+NOTEBOOK = ("## Your notebook\n\nYou may begin your answer with a NOTES: block (from a line "
+            "`NOTES:` to the TITLE line): your hypotheses, what you learned, what to try next. "
+            "Every later request shows your newest notes; rewrite them in full each time.")
+
+
+def _added(template: str, values: Mapping[str, str], names: tuple[str, ...]) -> str:
+    placed = {m.group(1) for m in _PLACEHOLDER.finditer(template)}
+    parts = []
+    for name in names:
+        if name == "notebook":
+            if "NOTES:" not in template:
+                parts.append(NOTEBOOK)
+        elif name not in placed and values.get(name):
+            text = values[name]
+            parts.append(f"## Rules\n\n{text}" if name == "rules" else text)
+    return "".join(f"\n\n{p}" for p in parts)
 
 
 def prompt_size(system: str, messages: list[dict[str, str]]) -> int:
