@@ -63,6 +63,7 @@ class HistoryItem(BaseModel):
     peak_memory_mb: float | None = None
     near_miss: bool = False  # better than its champion, but short of the bar past the screen
     diff: str | None = None  # shown for the last few experiments and the near-misses
+    rationale: str | None = None  # the agent's reason for it, shown beside its diff
 
 
 class KeepBar(BaseModel):

@@ -692,12 +692,14 @@ class Store:
                                "tokens_per_s": float(tokens or 0) / secs if secs else 0.0}
             return out
 
-    def diffs(self, exp_ids: Sequence[int]) -> dict[int, str]:
+    def diffs(self, exp_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+        """(diff, rationale) of these experiments: the texts the history reads for a few."""
         if not exp_ids:
             return {}
         with self._tx() as s:
-            q = select(Experiment.id, Experiment.diff).where(col(Experiment.id).in_(list(exp_ids)))
-            return {int(i or 0): d or "" for i, d in s.exec(q).all()}
+            q = select(Experiment.id, Experiment.diff, Experiment.rationale).where(
+                col(Experiment.id).in_(list(exp_ids)))
+            return {int(i or 0): (d or "", r or "") for i, d, r in s.exec(q).all()}
 
     def since_keep(self, run_id: int) -> int:
         """Candidates finished since the run's last keep (or its baseline): the dry spell."""

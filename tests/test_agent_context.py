@@ -87,6 +87,7 @@ def fill(store: Store, n: int, *, kept_every: int = 100) -> tuple[int, int]:
                                               SEEDS if (kept or near) else SEEDS[:1])
             exp = Experiment(
                 run_id=run.id, seq=i, title=f"idea number {i}: change something specific",
+                rationale=f"because reason {i} says so",
                 status=ES.kept if kept else ES.crashed if crashed else ES.discarded,
                 reason="RuntimeError: CUDA out of memory" if crashed else (dec.reason if dec
                                                                            else ""),
@@ -150,7 +151,9 @@ def test_a_thousand_experiments_stay_under_the_bound_with_every_keep(
     assert "older attempts omitted" in user
     newest = ctx.history[-1]
     assert f"- #{newest.id} [" in user  # the newest attempt is there
-    assert "```diff" in user  # with its diff
+    assert "```diff" in user  # with its diff and rationale
+    # (the newest, #1001, is kept: its change is in the code; #1000 shows its diff)
+    assert "  rationale: because reason 999 says so\n```diff" in user
     # the keep rule's formula is not the history's reason; the numbers are
     assert "t2·se" not in user and "needs < -" not in user
     assert "better on average, short of the bar on all 3 seeds" in user

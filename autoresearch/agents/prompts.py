@@ -34,6 +34,7 @@ CHARS_PER_TOKEN = 4
 HISTORY_TOKENS = 2000  # budget for the history section when the prompt's bound is not given
 MIN_HISTORY_TOKENS = 1000  # the history's share however large the code is
 DIFF_CHARS = 3000  # kept of one experiment's diff in the history
+RATIONALE_CHARS = 400  # and of its rationale
 CRASH_LOG_LINES = 60
 CRASH_LOG_CHARS = 4000
 
@@ -171,7 +172,8 @@ def _diff_block(item: HistoryItem) -> str:
     text = (item.diff or "").strip("\n")
     if len(text) > DIFF_CHARS:
         text = text[:DIFF_CHARS] + "\n... (diff cut here)"
-    return "\n" + fence(text, "diff")
+    why = f"\n  rationale: {one_line(item.rationale, RATIONALE_CHARS)}" if item.rationale else ""
+    return why + "\n" + fence(text, "diff")
 
 
 def _tokens(text: str) -> int:

@@ -102,9 +102,10 @@ def _with_numbers(active: ActiveRun, items: list[HistoryItem]) -> list[HistoryIt
     done = [it for it in out if it.status not in _IN_FLIGHT]
     want = {it.id for it in done[-DIFFS_RECENT:]}
     want |= {it.id for it in [it for it in out if it.near_miss][-DIFFS_NEAR:]}
-    diffs = active.store.diffs(sorted(want))
-    return [it.model_copy(update={"diff": diffs.get(it.id) or None}) if it.id in want else it
-            for it in out]
+    texts = active.store.diffs(sorted(want))
+    return [it.model_copy(update={"diff": texts[it.id][0] or None,
+                                  "rationale": texts[it.id][1] or None})
+            if it.id in texts else it for it in out]
 
 
 _IN_FLIGHT = {ES.proposed.value, ES.applied.value, ES.running.value, ES.measured.value}
