@@ -86,6 +86,17 @@ def export_rule() -> str:
             "uninitialised memory, no custom operators); dropout must be off in `eval()`.")
 
 
+def _second_stage(bar: KeepBar) -> str:
+    """', after 2 seeds only if better on average by more than X' when the plan has a second
+    stage (``decide.stages``): the rule's bar with its sample stdev at the floor."""
+    plan = decide.stages(bar.seeds)
+    if len(plan) < 3:
+        return ""
+    n = plan[1]
+    second = bar.min_delta + decide.SECOND_Z * math.sqrt(2.0) * bar.noise_std / math.sqrt(n)
+    return f", after {n} seeds only if better on average by more than {second:.4f}"
+
+
 def bar_rule(bar: KeepBar | None, metric: str) -> str:
     if bar is None:
         return ("A change is kept only if it beats the champion on paired seeds by more than "
@@ -101,8 +112,9 @@ def bar_rule(bar: KeepBar | None, metric: str) -> str:
     return (f"The keep bar, in this run's numbers: the seed noise of {metric} is "
             f"σ = {bar.noise_std:.4f} ({src}, {dof}). A candidate "
             f"is measured on {bar.seeds} paired seed{'s' if bar.seeds > 1 else ''} against the "
-            f"champion. After the first seed it goes on only if it is better by more than "
-            f"{bar.screen:.4f}; it is kept only if its mean paired improvement over all "
+            f"champion, stage by stage, and stops at the first stage it fails. After the "
+            f"first seed it goes on only if it is better by more than {bar.screen:.4f}"
+            + _second_stage(bar) + "; it is kept only if its mean paired improvement over all "
             f"{bar.seeds} exceeds {bar.final:.4f} (one-sided t test at α = {bar.alpha:g}"
             + (f", plus min_delta {bar.min_delta:g}" if bar.min_delta else "")
             + "; more if its seeds disagree more than the run's noise)." + recent

@@ -110,6 +110,15 @@ def test_the_stated_bar_is_the_keep_rules(case: int) -> None:
         assert verdict(_at(bar.screen, 0.9999, 1)) == "discard"
     text = system_prompt(noise=noise, df=df, seeds=seeds, min_delta=min_delta)
     assert f"exceeds {bar.final:.4f}" in text and f"σ = {noise:.4f}" in text
+    stages = decide.stages(seeds)
+    if len(stages) == 3:  # the second stage's bar, as stated
+        m = stages[1]
+        stated = re.search(rf"after {m} seeds only if better on average by more than "
+                           r"([0-9.]+)", text)
+        assert stated is not None, text
+        second = float(stated.group(1))
+        assert verdict(_at(second, 1.03, m)) == "confirm"  # (stated to 4 decimals)
+        assert verdict(_at(second, 0.97, m)) == "discard"
 
 
 def test_unmeasured_noise_uses_the_rules_fallback() -> None:
