@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -332,6 +332,7 @@ class Store:
         if path is not None and not path.parent.is_dir():
             raise StoreError(f"cannot create {path}: folder {path.parent} does not exist")
         if read_only and path is not None:
+            _upgrade_if_older(path)
             url = f"sqlite:///{path.resolve().as_uri()}?mode=ro&uri=true"
         self.engine: Engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(self.engine, "connect", _on_connect)
@@ -772,6 +773,24 @@ def _verdict_numbers(decision: str | None) -> dict[str, Any]:
                 "stage": ev.get("stage") if isinstance(ev.get("stage"), str) else None,
                 "seeds": len(seeds) if isinstance(seeds, list) else 0}
     return {}
+
+
+def _upgrade_if_older(path: Path) -> None:
+    """A reader (the dashboard) opening a results.db that an older version wrote: add the
+    tables and columns this version reads, once, as any command that writes would (they are
+    only ever added, each with a default, so nothing recorded changes). A file that is missing
+    or already current is left alone."""
+    if not path.is_file():
+        return
+    with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True,
+                                 timeout=30)) as conn:
+        for table in SQLModel.metadata.sorted_tables:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table.name})")}
+            if not {c.name for c in table.columns} <= have:
+                break
+        else:
+            return
+    Store(path).close()
 
 
 def _add_new_columns(conn: Any) -> None:

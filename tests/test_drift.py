@@ -255,3 +255,27 @@ def test_an_older_results_db_gains_the_new_columns(tmp_path: Path) -> None:
     assert e.id is not None
     store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=3.0))
     assert [m.role for m in store.measurements(e.id)] == ["candidate"]
+
+
+def test_a_reader_opening_an_older_results_db_upgrades_it_and_reads_it(tmp_path: Path) -> None:
+    # the dashboard opens read-only: a file an older version wrote lacks tables and columns
+    # it reads, and would fail on every page; it is brought up to date once, nothing lost
+    path = tmp_path / "results.db"
+    store = Store(path)
+    run = store.add_run(agent="mock", budget_kind="time", budget_amount=10, seeds="[0]",
+                        device="cpu", dataset="x", dataset_sha256="x", experiments_planned=1,
+                        branch="run/1", baseline_commit="a", champion_commit="a")
+    e = store.add_experiment(run_id=run.id, kind="candidate", seq=1, title="x")
+    assert e.id is not None
+    store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=3.0))
+    store.close()
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE measurement DROP COLUMN purpose")
+    con.execute("DROP TABLE guidance")
+    con.commit()
+    con.close()
+    reader = Store(path, read_only=True)
+    [m] = reader.measurements(e.id)
+    assert m.val_bpb == 3.0 and m.purpose is None
+    assert reader.guidance(run.id) == []  # type: ignore[arg-type]
+    reader.close()
