@@ -111,12 +111,12 @@ def init(path: Annotated[Path | None, typer.Argument(help="Folder to create.")] 
 
 @app.command()
 def prepare(dataset: Dataset = None) -> None:
-    """Download/build a dataset and split it into train and validation."""
+    """Download/build a dataset and split it into train, validation and a held-out test split."""
     with _errors():
         s = _settings(dataset=dataset)
         d = data_mod.prepare(s.dataset, notice=lambda m: err.print(m, markup=False))
-        out.print(f"{d.name}: {d.train_tokens:,} train / {d.val_tokens:,} val tokens, "
-                  f"sha256 {d.sha256[:16]}…, at {d.path}")
+        out.print(f"{d.name}: {d.train_tokens:,} train / {d.val_tokens:,} val / "
+                  f"{d.test_tokens:,} test tokens, sha256 {d.sha256[:16]}…, at {d.path}")
 
 
 SandboxOpt = Annotated[bool | None, typer.Option(
@@ -135,11 +135,16 @@ def train(
     device: Device = None,
     dataset: Dataset = None,
     sandbox: SandboxOpt = None,
+    split: Annotated[str, typer.Option(
+        help="val, or test: also score the held-out test split (your own check; the loop "
+             "never does).")] = "val",
     as_json: JsonOut = False,
 ) -> None:
     """Measure one training source once: train under the budget, evaluate, print metrics."""
     with _errors():
         _check_budgets(time_budget, token_budget)
+        if split not in ("val", "test"):
+            raise UsageError(f"--split is val or test, not {split!r}")
         s = _settings(time_budget=time_budget, token_budget=token_budget, device=device,
                       dataset=dataset, sandbox=sandbox)
         src = source or (s.workspace / "baseline")
@@ -154,8 +159,8 @@ def train(
                       f"log: {out_dir / 'run.log'}", markup=False)
         m = runner.measure(runner.Job(
             source=src.resolve(), data=d.path, budget=budget, seed=seed, device=dev,
-            out_dir=out_dir, setup_cap=s.setup_cap, timeout=s.timeout, sandbox=s.sandbox),
-            gpu=s.gpu)
+            out_dir=out_dir, setup_cap=s.setup_cap, timeout=s.timeout, sandbox=s.sandbox,
+            split=split), gpu=s.gpu)
         if as_json:
             out.print_json(m.model_dump_json())
         else:

@@ -292,6 +292,7 @@ class _Cluster:
             "timeout": job.timeout,
             "sandbox": job.sandbox,
             "expect_sha256": job.expect_sha256,
+            "split": job.split,
             "threads": threads,
             "driver_paths": _driver_paths(),
         }

@@ -96,7 +96,8 @@ def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
             source=source, data=data, budget=Budget.model_validate(spec["budget"]), seed=seed,
             device=device, out_dir=out, setup_cap=float(spec["setup_cap"]),
             timeout=spec["timeout"], sandbox=bool(spec["sandbox"]),
-            expect_sha256=spec["expect_sha256"]), threads=spec["threads"])
+            expect_sha256=spec["expect_sha256"], split=str(spec.get("split", "val"))),
+            threads=spec["threads"])
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file() and p.name != runner.PID_FILE and not p.name.endswith(".tmp")}
         return {"metrics": metrics.model_dump_json(), "files": files}
