@@ -494,6 +494,48 @@ def _experiment(store: Store, exp_id: int) -> Experiment:
     return exp
 
 
+# -- the research report (issue 22: autoresearch/findings.py) ----------------------------------
+@app.command("report")
+def report_cmd(
+    run: Annotated[int | None, typer.Option("--run", help="Which run (default: the latest).")
+                   ] = None,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="report.md (figures as .svg beside it) or report.html; default: the "
+                      "markdown on stdout.")] = None,
+    seeds: Annotated[int, typer.Option(
+        help="Fresh seeds (never used by the run) per configuration.")] = 3,
+    no_measure: Annotated[bool, typer.Option(
+        "--no-measure", help="Render what is stored; measure nothing.")] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """What a run found: champion vs baseline on fresh seeds and the held-out test split, the
+    ablation of every kept change, the cost. Measurements are stored: run it again to resume."""
+    with _errors():
+        from autoresearch import findings, findings_render
+
+        s = _settings()
+        store = _store(s)
+        ws = Workspace(s.workspace, s.editable)
+        r = findings.latest_run(store, run)
+        reporter = make_reporter(None, err)
+        try:
+            d = findings.run_report(s, store, ws, reporter, r, seeds,
+                                    measure_now=not no_measure)
+        finally:
+            reporter.close()
+        saved = findings_render.save_latest(d, store, ws)
+        if as_json:
+            out.print_json(json.dumps(d))
+        elif out_path is None:
+            out.print(findings_render.markdown(d), markup=False)
+        else:
+            for f in findings_render.write(d, out_path, store, ws):
+                err.print(f"wrote {f}", markup=False)
+        err.print(f"kept for the dashboard: {saved}", markup=False)
+        if not d["complete"]:
+            raise typer.Exit(1)
+
+
 def main() -> None:
     try:
         app(prog_name="autoresearch")

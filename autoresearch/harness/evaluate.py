@@ -9,7 +9,6 @@ index, fresh cuts each time; docs/integrity.md says what that bounds).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import secrets
 import time
@@ -158,8 +157,11 @@ def load_splits(data: Path, expect_sha256: str | None, test: bool = False
     if sha != (expect_sha256 or prepared.sha256):
         raise HarnessFailure(f"{data} changed: its identity is {sha[:16]}…, expected "
                              f"{(expect_sha256 or prepared.sha256)[:16]}…")
-    as_tensor = (lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8))
-    return as_tensor(val), None if held is None else as_tensor(held)
+    return _tensor(val), None if held is None else _tensor(held)
+
+
+def _tensor(raw: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
 
 
 def load_val(data: Path, expect_sha256: str | None) -> torch.Tensor:
