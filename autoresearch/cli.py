@@ -247,6 +247,9 @@ def loop(
     sandbox: SandboxOpt = None,
     resume: Annotated[bool, typer.Option(
         "--resume", help="Continue the last unfinished run.")] = False,
+    with_report: Annotated[bool, typer.Option(
+        "--report", help="When the loop ends, run `autoresearch report` on the run (fresh "
+        "seeds, the test split, the ablation; kept in reports/ for the dashboard).")] = False,
 ) -> None:
     """Run the research loop: propose, apply, train, measure, keep or revert."""
     with _errors():
@@ -291,6 +294,8 @@ def loop(
                 raise typer.Exit(1) from None
             reporter.close()
             out.print(report.run_summary(store, done), markup=False)
+            if with_report:
+                _report_after_loop(s, store, ws, done)
         finally:
             reporter.close()
             store.close()
@@ -400,13 +405,22 @@ def export(
                                         help="An experiment id, or best (a run's champion).")],
     run: Annotated[int | None, typer.Option("--run", help="With best: which run "
                                             "(default: the latest).")] = None,
-    out_path: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout "
+                                                  "(with --minimal: a folder).")] = None,
+    minimal: Annotated[bool, typer.Option(
+        "--minimal", help="With best: the champion minus the kept changes the report's "
+        "ablation found to carry nothing, verified by measurement against the full champion; "
+        "writes minimal.patch and the files.")] = False,
+    seeds: Annotated[int, typer.Option(help="With --minimal: the report's fresh seeds.")] = 3,
 ) -> None:
     """A git-format patch of an experiment, or the champion's editable files."""
     with _errors():
         s = _settings()
         store = _store(s)
         ws = Workspace(s.workspace, s.editable)
+        if minimal:
+            _export_minimal(s, store, ws, what, run, out_path, seeds)
+            return
         text = report.export(store, ws, what, run)
         if out_path is None:
             sys.stdout.write(text)
@@ -534,6 +548,49 @@ def report_cmd(
         err.print(f"kept for the dashboard: {saved}", markup=False)
         if not d["complete"]:
             raise typer.Exit(1)
+
+
+def _report_after_loop(s: Settings, store: Store, ws: Workspace, run: Run) -> None:
+    """``loop --report``: the report of the run just finished, its headline printed."""
+    from autoresearch import findings, findings_render
+
+    reporter = make_reporter(None, err)
+    try:
+        d = findings.run_report(s, store, ws, reporter, run, findings.DEFAULT_SEEDS)
+    finally:
+        reporter.close()
+    saved = findings_render.save_latest(d, store, ws)
+    for line in findings_render.headline_lines(d):
+        out.print(line, markup=False)
+    out.print(f"report: {saved} (`autoresearch report --out report.md` to write it again)",
+              markup=False)
+
+
+def _export_minimal(s: Settings, store: Store, ws: Workspace, what: str, run: int | None,
+                    out_path: Path | None, seeds: int) -> None:
+    from autoresearch import findings
+
+    if what != "best":
+        raise UsageError("--minimal goes with best (a run's champion)")
+    r = findings.latest_run(store, run)
+    folder = out_path or Path(f"minimal-run-{r.id}")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; --minimal writes a folder")
+    reporter = make_reporter(None, err)
+    try:
+        got = findings.minimal(s, store, ws, reporter, r, seeds)
+    finally:
+        reporter.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "minimal.patch").write_text(got["diff"], encoding="utf-8")
+    for rel, text in got["files"].items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text, encoding="utf-8")
+    dropped = ", ".join(f"#{i}" for i in got["dropped"]) or "nothing"
+    err.print(f"dropped {dropped}: {got['reason']}"
+              + (f" ({got['verdict']})" if "verdict" in got else ""), markup=False)
+    err.print(f"wrote {folder / 'minimal.patch'} and {', '.join(got['files'])} in {folder}",
+              markup=False)
 
 
 def main() -> None:

@@ -388,15 +388,21 @@ def _warnings(store: Store, run: Run, exps: list[Experiment]) -> list[str]:
 
 
 # -- one call -----------------------------------------------------------------------------------
+def _open(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run
+          ) -> tuple[Settings, ActiveRun]:
+    """The run reopened with the settings it ran with (its sandbox, budget, setup cap) on one
+    worker: a report measures as the loop did."""
+    s = Settings.exactly(run.config).model_copy(update={
+        "workspace": settings.workspace, "db": settings.db, "prices": settings.prices,
+        "workers": 1})
+    return s, reopen(s, store, ws, reporter, run)
+
+
 def run_report(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run,
                k: int, *, measure_now: bool = True) -> dict[str, Any]:
     """Plan, say what it will cost, measure what is missing (on one worker of the run's own
     backend and settings), and return the numbers."""
-    assert run.id is not None
-    s = Settings.exactly(run.config).model_copy(update={
-        "workspace": settings.workspace, "db": settings.db, "prices": settings.prices,
-        "workers": 1})
-    a = reopen(s, store, ws, reporter, run)
+    s, a = _open(settings, store, ws, reporter, run)
     p = plan(store, ws, run, k, a.data.has_test)
     reporter.notice(announce(p))
     if measure_now and p.to_measure:
@@ -406,6 +412,80 @@ def run_report(settings: Settings, store: Store, ws: Workspace, reporter: Report
         finally:
             worker.close()
     return build(store, ws, p, a.noise())
+
+
+def minimal(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run,
+            k: int) -> dict[str, Any]:
+    """The champion minus every kept change the ablation found to carry nothing measurable
+    (or to hurt now), measured on the report's fresh seeds against the full champion: the
+    smaller source is taken only if the keep rule would not keep the full champion over it
+    (the dropped changes, together, carry no measurable gain). Returns what to write:
+    ``files`` (the source to take home), ``diff`` (from the baseline) and the verdict."""
+    d = run_report(settings, store, ws, reporter, run, k)
+    if not d["complete"]:
+        raise UsageError("the report is incomplete (" + ("; ".join(d["failures"]) or
+                         "a revert conflicts or a measurement is missing") +
+                         "): the minimal champion needs every kept change's ablation")
+    drop = [r["experiment"] for r in d["ablation"] if r["flag"] in FLAGS[1:]]
+    kept = {e.id: e for e in kept_changes(store, run)}
+    result: dict[str, Any] = {"run": run.id, "dropped": drop, "report": d}
+    if not drop:
+        result |= {"files": ws.read_files(run.champion_commit), "taken": "champion",
+                   "reason": "every kept change carries part of the gain: the minimal "
+                             "champion is the champion", "commit": run.champion_commit}
+        return _with_diff(ws, run, result)
+    scratch = ws.experiments_dir / "report-scratch" / "minimal"
+    commits = [kept[i].commit or "" for i in reversed(drop)]  # newest first
+    try:
+        files = revert(ws, run.champion_commit, commits, scratch)
+    except ApplyConflict as e:
+        raise UsageError(f"the changes that carry nothing do not revert together: {e}") from e
+    s, a = _open(settings, store, ws, reporter, run)
+    p = plan(store, ws, run, k, a.data.has_test)
+    arm = Arm("minimal", "minimal champion (without " + ", ".join(f"#{i}" for i in drop) +
+              ")", files)
+    same = next((x for x in p.arms if x.files == files and x.same_as is None), None)
+    if same is not None:  # e.g. the champion without its one idle change: measured already
+        arm.exp, arm.val = same.exp, same.val
+    else:
+        arm.exp = _report_experiments(store, run.id or 0).get(fingerprint(files))
+        _read_values(store, arm, p.seeds)
+    p.arms = [arm]
+    missing = len(p.seeds) - len(arm.val)
+    if missing:
+        reporter.notice(f"minimal champion: {missing} measurements to run, about "
+                        f"{tables._duration(missing * p.seconds_each)}")
+        worker = make_workers(s, run.device, ws.experiments_dir)[0]
+        try:
+            measure(p, a, worker, reporter)
+        finally:
+            worker.close()
+    if arm.failed or len(arm.val) < len(p.seeds):
+        raise UsageError(f"the minimal champion's measurement failed: {arm.failed}")
+    champ = {int(k_): v for k_, v in d["arms"]["champion"]["val"].items()}
+    q = d["question"]
+    verdict = decide.decide(champ, arm.val, noise_std=q["noise_std"], noise_df=q["noise_df"],
+                            min_delta=run.min_delta, seeds=p.seeds)
+    result["verdict"] = verdict.reason
+    result["minimal_val"] = _mean(arm.val)
+    result["champion_val"] = _mean(champ)
+    if verdict.verdict == "keep":  # the dropped changes together do carry a gain
+        result |= {"files": ws.read_files(run.champion_commit), "taken": "champion",
+                   "commit": run.champion_commit,
+                   "reason": "the changes that carry nothing alone carry a gain together "
+                             "(the full champion would be kept over the minimal one): "
+                             "keeping the full champion"}
+    else:
+        assert arm.exp is not None
+        result |= {"files": files, "taken": "minimal", "commit": arm.exp.commit,
+                   "reason": "the full champion is no measurable improvement on the minimal "
+                             "one: taking the minimal champion"}
+    return _with_diff(ws, run, result)
+
+
+def _with_diff(ws: Workspace, run: Run, result: dict[str, Any]) -> dict[str, Any]:
+    result["diff"] = str(ws.repo.git.diff(run.baseline_commit, result["commit"])) + "\n"
+    return result
 
 
 def latest_run(store: Store, run_id: int | None) -> Run:

@@ -131,6 +131,15 @@ def test_the_ablation_tells_what_each_kept_change_carries(tmp_path: Path) -> Non
     page = (tmp_path / "r.html").read_text()
     assert code == 0 and "<svg" in page and "<script" not in page and "carries" in page
     assert (root / "reports" / f"run-{run_id}.html").is_file()
+    # the minimal champion: without the change that carries nothing, verified, nothing re-run
+    out = tmp_path / "minimal"
+    code, said = invoke("--workspace", str(root), "export", "best", "--minimal", "--seeds", "2",
+                        "--out", str(out))
+    assert code == 0, said
+    assert "dropped #3" in said and "taking the minimal champion" in said
+    assert (out / "train.py").read_text() == TOGETHER[1](HELPS[1](BASE))
+    patch = (out / "minimal.patch").read_text()
+    assert "+LEARNING_RATE = 3e-3" in patch and "NOTE" not in patch
 
 
 def _json(output: str) -> dict:
@@ -197,4 +206,28 @@ def test_a_run_on_a_dataset_without_a_test_split_says_so(tmp_path: Path) -> None
 
     assert "re-prepare" not in (d["test_note"] or "") and "prepared before" in d["test_note"]
     assert "Test split: no test split" in findings_render.markdown(d)
+    store.close()
+
+
+@pytest.mark.slow  # a mock loop of one experiment, then its report (about 12 measurements)
+def test_loop_report_runs_the_report_when_the_loop_ends(tmp_path: Path) -> None:
+    root = loop_workspace(tmp_path)
+    raise_lr = {"title": "Raise the learning rate", "rationale": "1e-5 learns nothing",
+                "edits": [{"path": "train.py", "search": "LEARNING_RATE = 1e-5",
+                           "replace": "LEARNING_RATE = 3e-2"}]}
+    s = tmp_path / "s.jsonl"
+    s.write_text(json.dumps(raise_lr), encoding="utf-8")
+    code, out = invoke("--workspace", str(root), "loop", "--agent", "mock", "--script", str(s),
+                       "--budget", "1", "--token-budget", "12000", "--seeds", "2", "--device",
+                       "cpu", "--dataset", str(tmp_path / "corpus.txt"), "--report")
+    assert code == 0, out
+    # the champion without its only change is the baseline: two configurations, measured once
+    assert "2 configurations x 3 fresh seeds [1000, 1001, 1002]: 6 measurements" in out
+    assert "held-out test split: baseline" in out and "Of 1 kept changes, 1 carries" in out
+    d = json.loads((root / "reports" / "run-1.json").read_text())
+    assert d["ablation"][0]["same_as"] == "baseline" and d["ablation"][0]["flag"] == "carries"
+    # the loop's own decisions never saw a test value
+    store = Store(root / "results.db")
+    rows = store.run_measurements(1)
+    assert all((m.test_bpb is not None) == (kind is ExperimentKind.report) for kind, _, m in rows)
     store.close()
