@@ -11,10 +11,11 @@ import html
 from pathlib import Path
 from typing import Any
 
-from autoresearch import plot
 from autoresearch.report import _duration
 from autoresearch.store import Store
 from autoresearch.workspace import Workspace
+
+REPORTS_DIR = "reports"  # in the workspace: each run's latest report, for the dashboard
 
 
 def _f(x: float | None, fmt: str = ".4f") -> str:
@@ -206,6 +207,8 @@ def _cls(cell: str) -> str:
 def figures(store: Store, ws: Workspace, d: dict[str, Any]) -> dict[str, str]:
     """name -> SVG: the run's progress, and the champion's training curves against the
     baseline's on the fresh seeds."""
+    from autoresearch import plot  # matplotlib: only when a figure is drawn
+
     run = store.get_run(d["run"])
     assert run is not None
     out = {"progress": plot.to_svg(plot.progress_figure(store, run, ws.root))}
@@ -240,9 +243,6 @@ def write(d: dict[str, Any], path: Path, store: Store, ws: Workspace) -> list[Pa
         written.append(f)
     path.write_text(markdown(d, links), encoding="utf-8")
     return written
-
-
-REPORTS_DIR = "reports"  # in the workspace: each run's latest report, for the dashboard
 
 
 def save_latest(d: dict[str, Any], store: Store, ws: Workspace) -> Path:
