@@ -231,3 +231,20 @@ def test_loop_report_runs_the_report_when_the_loop_ends(tmp_path: Path) -> None:
     rows = store.run_measurements(1)
     assert all((m.test_bpb is not None) == (kind is ExperimentKind.report) for kind, _, m in rows)
     store.close()
+
+
+def test_the_gain_interval_is_the_keep_rules_t_interval() -> None:
+    from autoresearch.decide import t_quantile
+
+    seeds = [1, 2, 3]
+    ref = {1: 5.0, 2: 5.1, 3: 4.9}
+    better = {s: v - 0.2 for s, v in ref.items()}
+    g = findings.gain(ref, better, seeds, noise_std=0.01, noise_df=4)
+    assert g is not None and g["mean"] == pytest.approx(0.2) and g["flag"] == "carries"
+    se = (2 ** 0.5 * 0.01) / 3 ** 0.5  # identical differences: the floor sets the spread
+    assert g["hi"] - g["lo"] == pytest.approx(2 * t_quantile(0.975, 2 + 4) * se)
+    same = findings.gain(ref, dict(ref), seeds, noise_std=0.01, noise_df=4)
+    assert same is not None and same["flag"] == "no measurable effect"
+    worse = findings.gain(ref, {s: v + 0.2 for s, v in ref.items()}, seeds, 0.01, 4)
+    assert worse is not None and worse["flag"] == "hurts now"
+    assert findings.gain(ref, {}, seeds, 0.01, 4) is None

@@ -28,8 +28,9 @@ def train(run):
     said = {"direct": _try(f"{TARGET}/test.bin"),
             "proc_root": _try(f"/proc/self/root{TARGET}/test.bin"),
             "found_in_home": glob.glob(os.path.expanduser("~/**/test.bin"), recursive=True),
-            "told": [a for a in sys.argv + [f"{k}={v}" for k, v in os.environ.items()]
-                     if "split" in a.lower() or "test.bin" in a]}
+            "told": [a for a in sys.argv if a in ("--split", "test") or "test.bin" in a]
+                    + [k for k, v in os.environ.items() if "SPLIT" in k.upper()
+                       or "test.bin" in v]}
     print("TESTSPLIT " + json.dumps(said), flush=True)
     model = nn.Embedding(run.vocab_size, run.vocab_size).to(run.device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-2)
