@@ -109,9 +109,12 @@ def revert(ws: Workspace, base: str, commits: list[str], where: Path) -> dict[st
             try:
                 g.execute(["git", "revert", "--no-commit", "--no-edit", commit])
             except git.GitCommandError as e:
-                lines = [ln for ln in (e.stderr or str(e)).strip().splitlines() if ln.strip()]
+                said = f"{e.stdout or ''}\n{e.stderr or ''}".replace("'", "\n")
+                lines = [ln.strip() for ln in said.splitlines()
+                         if ln.strip().startswith(("CONFLICT", "error:", "fatal:"))]
                 raise ApplyConflict(f"reverting {commit[:10]} conflicts with later changes: "
-                                    f"{lines[-1] if lines else e}") from e
+                                    f"{'; '.join(lines) if lines else one_line(str(e))}"
+                                    ) from e
         return {p: (where / p).read_text(encoding="utf-8") for p in ws.editable
                 if (where / p).is_file()}
     finally:
@@ -374,7 +377,9 @@ def _warnings(store: Store, run: Run, exps: list[Experiment]) -> list[str]:
         where = ", ".join(f"#{d['experiment']} seed {d['seed']}" for d in drifted[:8])
         out.append(f"{len(drifted)} measurement{'s' if len(drifted) > 1 else ''} at a machine "
                    f"speed unlike the champion's (drift): {where}"
-                   + (" …" if len(drifted) > 8 else ""))
+                   + (" …" if len(drifted) > 8 else "")
+                   + (" (under a token budget the speed does not change val_bpb)"
+                      if run.budget_kind == "tokens" else ""))
     n = unfenced.run_unfenced(store, run.id)
     if n:
         out.append(f"{n} measurement{'s' if n > 1 else ''} ran unfenced (no sandbox): "

@@ -55,12 +55,18 @@ def headline_lines(d: dict[str, Any]) -> list[str]:
         lines.append(f"Test split: {d['test_note']}.")
     carry = [r for r in d["ablation"] if r["flag"] == "carries"]
     idle = [r for r in d["ablation"] if r["flag"] in ("no measurable effect", "hurts now")]
+    stuck = [r for r in d["ablation"] if r["flag"] == "revert conflicts"]
+
+    def ids(rows: list[dict[str, Any]]) -> str:
+        return ", ".join(f"#{r['experiment']}" for r in rows)
+
     if d["ablation"]:
         lines.append(f"Of {len(d['ablation'])} kept changes, {len(carry)} carr"
                      f"{'y' if len(carry) != 1 else 'ies'} part of the gain in the final "
-                     "champion" + (f"; {', '.join('#' + str(r['experiment']) for r in idle)} "
-                                   f"{'carry' if len(idle) > 1 else 'carries'} nothing "
-                                   "measurable now" if idle else "") + ".")
+                     "champion" + (f"; {ids(idle)} {'carry' if len(idle) > 1 else 'carries'}"
+                                   " nothing measurable now" if idle else "")
+                     + (f"; {ids(stuck)} could not be reverted (conflict)" if stuck else "")
+                     + ".")
     return lines
 
 
@@ -115,7 +121,9 @@ def markdown(d: dict[str, Any], figures: dict[str, str] | None = None) -> str:
             out.append(f"| {r['experiment']} | {_cell(r['title'])}{note} | {_f(r['val'])} | "
                        f"{_ci(r.get('carries_val'))} | {_ci(r.get('carries_test'))} | "
                        f"{r['flag']} |")
-        out += [f"- #{r['experiment']}: {r['conflict']}" for r in d["ablation"] if r["conflict"]]
+        conflicts = [f"- #{r['experiment']}: {r['conflict']}" for r in d["ablation"]
+                     if r["conflict"]]
+        out += ["", *conflicts] if conflicts else []
     else:
         out.append("Nothing to ablate.")
     c = d["cost"]
@@ -216,7 +224,8 @@ def figures(store: Store, ws: Workspace, d: dict[str, Any]) -> dict[str, str]:
     if champ and champ["experiment"] and base["experiment"]:
         ce, be = store.get_experiment(champ["experiment"]), store.get_experiment(
             base["experiment"])
-        if ce is not None and be is not None:
+        if ce is not None and be is not None and any(
+                pairs for _, pairs, _ in plot.experiment_lines(ws.root, [ce, be])):
             fig = plot.curve_figure(ws.root, ce, be)
             out["champion vs baseline, fresh seeds"] = plot.to_svg(fig)
     return out
