@@ -424,13 +424,16 @@ def minimal(settings: Settings, store: Store, ws: Workspace, reporter: Reporter,
     """The champion minus every kept change the ablation found to carry nothing measurable
     (or to hurt now), measured on the report's fresh seeds against the full champion: the
     smaller source is taken only if the keep rule would not keep the full champion over it
-    (the dropped changes, together, carry no measurable gain). Returns what to write:
+    (the dropped changes, together, carry no measurable gain). A change whose revert
+    conflicts stays (its effect is unknown). Returns what to write:
     ``files`` (the source to take home), ``diff`` (from the baseline) and the verdict."""
     d = run_report(settings, store, ws, reporter, run, k)
-    if not d["complete"]:
-        raise UsageError("the report is incomplete (" + ("; ".join(d["failures"]) or
-                         "a revert conflicts or a measurement is missing") +
-                         "): the minimal champion needs every kept change's ablation")
+    unmeasured = [a["label"] for a in d["arms"].values()
+                  if a["conflict"] is None and len(a["val"]) < k]
+    if d["failures"] or unmeasured:
+        raise UsageError("the report is incomplete (" + "; ".join(
+            d["failures"] or [f"{m}: not measured" for m in unmeasured]) +
+            "): the minimal champion needs every kept change's ablation")
     drop = [r["experiment"] for r in d["ablation"] if r["flag"] in FLAGS[1:]]
     kept = {e.id: e for e in kept_changes(store, run)}
     result: dict[str, Any] = {"run": run.id, "dropped": drop, "report": d}
