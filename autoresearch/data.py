@@ -387,10 +387,11 @@ def _store(cache: Path, name: str, text: bytes, extra: dict[str, object] | None 
     return load_prepared(final)
 
 
-def files_identity(data: Path, train: bytes, val: bytes, test: bytes | None) -> str:
-    """The identity of a prepared folder computed from its files (the trusted evaluator
-    checks it against the run's): a folder from before the test split is its text's sha256."""
+def files_identity(meta: dict[str, object], train: bytes, val: bytes, test: bytes | None
+                   ) -> str:
+    """The identity of a prepared dataset computed from its files and its meta.json (the
+    trusted evaluator and a Ray node check it against the run's): a folder from before the
+    test split is its text's sha256."""
     if test is None:
         return hashlib.sha256(train + val).hexdigest()
-    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
     return identity(hashlib.sha256(train + val + test).hexdigest(), str(meta.get("splits")))

@@ -137,11 +137,13 @@ def _node_dataset(cache: Path, sha: str, refs: list[Any], node: str) -> Path:
     import ray
 
     files: dict[str, bytes] = ray.get(refs[0])
-    got = hashlib.sha256(files["train.bin"] + files["val.bin"]).hexdigest()
-    claimed = json.loads(files["meta.json"]).get("sha256")
+    meta = json.loads(files["meta.json"])
+    got = data_mod.files_identity(meta, files["train.bin"], files["val.bin"],
+                                  files.get("test.bin"))
+    claimed = meta.get("sha256")
     if got != sha or claimed != sha:
         raise DataError(f"the dataset that reached ray node {node} is not the one sent: its "
-                        f"text's sha256 is {got[:12]}, expected {sha[:12]}")
+                        f"identity is {got[:12]}, expected {sha[:12]}")
     cache.mkdir(parents=True, exist_ok=True)
     # written next to its final folder, then renamed: a job never sees half a dataset
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=cache))

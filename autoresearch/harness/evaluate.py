@@ -9,6 +9,7 @@ index, fresh cuts each time; docs/integrity.md says what that bounds).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import secrets
 import time
@@ -150,10 +151,11 @@ def load_splits(data: Path, expect_sha256: str | None, test: bool = False
                              "prepare the dataset again for one")
     train, val = (data / "train.bin").read_bytes(), (data / "val.bin").read_bytes()
     held = (data / "test.bin").read_bytes() if prepared.has_test and test else None
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
     if prepared.has_test and not test:  # the identity covers it: hash it without keeping it
-        sha = files_identity(data, train, val, (data / "test.bin").read_bytes())
+        sha = files_identity(meta, train, val, (data / "test.bin").read_bytes())
     else:
-        sha = files_identity(data, train, val, held)
+        sha = files_identity(meta, train, val, held)
     if sha != (expect_sha256 or prepared.sha256):
         raise HarnessFailure(f"{data} changed: its identity is {sha[:16]}…, expected "
                              f"{(expect_sha256 or prepared.sha256)[:16]}…")
