@@ -245,6 +245,12 @@ def measure(p: Plan, a: ActiveRun, worker: Worker, reporter: Reporter,
                 on_done()
         a.ws.remove_worktree(exp_id)
         _read_values(a.store, arm, p.seeds)  # the test values, as stored
+        if arm.val:  # for history, show and the dashboard (the report reads the measurements)
+            test = f", test {_mean(arm.test):.4f}" if arm.test else ""
+            a.store.update_experiment(
+                exp_id, val_bpb=_mean(arm.val), seconds=a.seconds(exp_id),
+                reason=f"report: val {_mean(arm.val):.4f}{test} on fresh seeds "
+                       f"{sorted(arm.val)}")
     for arm in p.arms:
         if arm.same_as is not None:
             first = next(x for x in p.arms if x.key == arm.same_as)
