@@ -6,7 +6,8 @@ A prepared dataset is a folder in the cache with four files:
     val.bin     the next 10%: what every decision is made on; only the trusted evaluation
                 process ever opens it
     test.bin    the last 10%: held out from every decision; only the evaluation of a
-                report measurement (``autoresearch report``, ``train --split test``) opens it
+                report measurement (``autoresearch report``, ``train --split test``) scores
+                it (every evaluation hashes it, checking the dataset's identity)
     meta.json   name, sha256 (the dataset's identity), text_sha256, sizes, the split layout
 
 A dataset's identity (``sha256``, what a run records and every measurement checks) is the
