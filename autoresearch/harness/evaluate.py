@@ -139,8 +139,8 @@ def load_splits(data: Path, expect_sha256: str | None, test: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The validation split (and, with ``test``, the test split), after checking the dataset
     is the byte-level one it claims to be (and, given its identity, that nobody changed it
-    since the measurement started). The test split is opened only when asked for: a
-    measurement a decision is made on never reads it."""
+    since the measurement started). The test split's bytes are hashed for that check on
+    every evaluation, but returned (to be scored) only when asked for."""
     from autoresearch.data import files_identity, load_prepared
 
     prepared = load_prepared(data)
