@@ -111,12 +111,12 @@ def init(path: Annotated[Path | None, typer.Argument(help="Folder to create.")] 
 
 @app.command()
 def prepare(dataset: Dataset = None) -> None:
-    """Download/build a dataset and split it into train and validation."""
+    """Download/build a dataset and split it into train, validation and a held-out test split."""
     with _errors():
         s = _settings(dataset=dataset)
         d = data_mod.prepare(s.dataset, notice=lambda m: err.print(m, markup=False))
-        out.print(f"{d.name}: {d.train_tokens:,} train / {d.val_tokens:,} val tokens, "
-                  f"sha256 {d.sha256[:16]}…, at {d.path}")
+        out.print(f"{d.name}: {d.train_tokens:,} train / {d.val_tokens:,} val / "
+                  f"{d.test_tokens:,} test tokens, sha256 {d.sha256[:16]}…, at {d.path}")
 
 
 SandboxOpt = Annotated[bool | None, typer.Option(
@@ -135,11 +135,16 @@ def train(
     device: Device = None,
     dataset: Dataset = None,
     sandbox: SandboxOpt = None,
+    split: Annotated[str, typer.Option(
+        help="val, or test: also score the held-out test split (your own check; the loop "
+             "never does).")] = "val",
     as_json: JsonOut = False,
 ) -> None:
     """Measure one training source once: train under the budget, evaluate, print metrics."""
     with _errors():
         _check_budgets(time_budget, token_budget)
+        if split not in ("val", "test"):
+            raise UsageError(f"--split is val or test, not {split!r}")
         s = _settings(time_budget=time_budget, token_budget=token_budget, device=device,
                       dataset=dataset, sandbox=sandbox)
         src = source or (s.workspace / "baseline")
@@ -154,8 +159,8 @@ def train(
                       f"log: {out_dir / 'run.log'}", markup=False)
         m = runner.measure(runner.Job(
             source=src.resolve(), data=d.path, budget=budget, seed=seed, device=dev,
-            out_dir=out_dir, setup_cap=s.setup_cap, timeout=s.timeout, sandbox=s.sandbox),
-            gpu=s.gpu)
+            out_dir=out_dir, setup_cap=s.setup_cap, timeout=s.timeout, sandbox=s.sandbox,
+            split=split), gpu=s.gpu)
         if as_json:
             out.print_json(m.model_dump_json())
         else:
@@ -252,6 +257,9 @@ def loop(
         help="Anthropic extended thinking: budget in tokens (>= 1024).")] = None,
     reasoning_effort: Annotated[str | None, typer.Option(
         help="OpenAI reasoning models: low, medium or high.")] = None,
+    with_report: Annotated[bool, typer.Option(
+        "--report", help="When the loop ends, run `autoresearch report` on the run (fresh "
+        "seeds, the test split, the ablation; kept in reports/ for the dashboard).")] = False,
 ) -> None:
     """Run the research loop: propose, apply, train, measure, keep or revert."""
     with _errors():
@@ -300,6 +308,8 @@ def loop(
                 raise typer.Exit(1) from None
             reporter.close()
             out.print(report.run_summary(store, done), markup=False)
+            if with_report:
+                _report_after_loop(s, store, ws, done)
         finally:
             reporter.close()
             store.close()
@@ -412,13 +422,22 @@ def export(
                                         help="An experiment id, or best (a run's champion).")],
     run: Annotated[int | None, typer.Option("--run", help="With best: which run "
                                             "(default: the latest).")] = None,
-    out_path: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="Write here, not stdout "
+                                                  "(with --minimal: a folder).")] = None,
+    minimal: Annotated[bool, typer.Option(
+        "--minimal", help="With best: the champion minus the kept changes the report's "
+        "ablation found to carry nothing, verified by measurement against the full champion; "
+        "writes minimal.patch and the files.")] = False,
+    seeds: Annotated[int, typer.Option(help="With --minimal: the report's fresh seeds.")] = 3,
 ) -> None:
     """A git-format patch of an experiment, or the champion's editable files."""
     with _errors():
         s = _settings()
         store = _store(s)
         ws = Workspace(s.workspace, s.editable)
+        if minimal:
+            _export_minimal(s, store, ws, what, run, out_path, seeds)
+            return
         text = report.export(store, ws, what, run)
         if out_path is None:
             sys.stdout.write(text)
@@ -569,6 +588,91 @@ def _experiment(store: Store, exp_id: int) -> Experiment:
     if exp is None:
         raise UsageError(f"no experiment {exp_id}")
     return exp
+
+
+# -- the research report (issue 22: autoresearch/findings.py) ----------------------------------
+@app.command("report")
+def report_cmd(
+    run: Annotated[int | None, typer.Option("--run", help="Which run (default: the latest).")
+                   ] = None,
+    out_path: Annotated[Path | None, typer.Option(
+        "--out", help="report.md (figures as .svg beside it) or report.html; default: the "
+                      "markdown on stdout.")] = None,
+    seeds: Annotated[int, typer.Option(
+        help="Fresh seeds (never used by the run) per configuration.")] = 3,
+    no_measure: Annotated[bool, typer.Option(
+        "--no-measure", help="Render what is stored; measure nothing.")] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """What a run found: champion vs baseline on fresh seeds and the held-out test split, the
+    ablation of every kept change, the cost. Measurements are stored: run it again to resume."""
+    with _errors():
+        from autoresearch import findings, findings_render
+
+        s = _settings()
+        store = _store(s)
+        ws = Workspace(s.workspace, s.editable)
+        r = findings.latest_run(store, run)
+        reporter = make_reporter(None, err)
+        try:
+            d = findings.run_report(s, store, ws, reporter, r, seeds,
+                                    measure_now=not no_measure)
+        finally:
+            reporter.close()
+        saved = findings_render.save_latest(d, store, ws)
+        if as_json:
+            out.print_json(json.dumps(d))
+        elif out_path is None:
+            out.print(findings_render.markdown(d), markup=False)
+        else:
+            for f in findings_render.write(d, out_path, store, ws):
+                err.print(f"wrote {f}", markup=False)
+        err.print(f"kept for the dashboard: {saved}", markup=False)
+        if not d["complete"]:
+            raise typer.Exit(1)
+
+
+def _report_after_loop(s: Settings, store: Store, ws: Workspace, run: Run) -> None:
+    """``loop --report``: the report of the run just finished, its headline printed."""
+    from autoresearch import findings, findings_render
+
+    reporter = make_reporter(None, err)
+    try:
+        d = findings.run_report(s, store, ws, reporter, run, findings.DEFAULT_SEEDS)
+    finally:
+        reporter.close()
+    saved = findings_render.save_latest(d, store, ws)
+    for line in findings_render.headline_lines(d):
+        out.print(line, markup=False)
+    out.print(f"report: {saved} (`autoresearch report --out report.md` to write it again)",
+              markup=False)
+
+
+def _export_minimal(s: Settings, store: Store, ws: Workspace, what: str, run: int | None,
+                    out_path: Path | None, seeds: int) -> None:
+    from autoresearch import findings
+
+    if what != "best":
+        raise UsageError("--minimal goes with best (a run's champion)")
+    r = findings.latest_run(store, run)
+    folder = out_path or Path(f"minimal-run-{r.id}")
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--out {folder} is a file; --minimal writes a folder")
+    reporter = make_reporter(None, err)
+    try:
+        got = findings.minimal(s, store, ws, reporter, r, seeds)
+    finally:
+        reporter.close()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "minimal.patch").write_text(got["diff"], encoding="utf-8")
+    for rel, text in got["files"].items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text, encoding="utf-8")
+    dropped = ", ".join(f"#{i}" for i in got["dropped"]) or "nothing"
+    err.print(f"dropped {dropped}: {got['reason']}"
+              + (f" ({got['verdict']})" if "verdict" in got else ""), markup=False)
+    err.print(f"wrote {folder / 'minimal.patch'} and {', '.join(got['files'])} in {folder}",
+              markup=False)
 
 
 def main() -> None:

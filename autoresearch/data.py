@@ -1,12 +1,23 @@
 """Datasets: fetch or build a text corpus once, split it, and store it as byte tokens.
 
-A prepared dataset is a folder in the cache with three files:
+A prepared dataset is a folder in the cache with four files:
 
-    train.bin   the first 90% of the text's UTF-8 bytes (uint8, one token per byte)
-    val.bin     the last 10%; only the trusted evaluation process ever opens it
-    meta.json   name, sha256 of the whole text, sizes, vocab_size=256, bytes_per_token=1.0
+    train.bin   the first 80% of the text's UTF-8 bytes (uint8, one token per byte)
+    val.bin     the next 10%: what every decision is made on; only the trusted evaluation
+                process ever opens it
+    test.bin    the last 10%: held out from every decision; only the evaluation of a
+                report measurement (``autoresearch report``, ``train --split test``) scores
+                it (every evaluation hashes it, checking the dataset's identity)
+    meta.json   name, sha256 (the dataset's identity), text_sha256, sizes, the split layout
 
-The folder is named ``<name>-<sha256[:12]>``, so preparing the same text again is a no-op.
+A dataset's identity (``sha256``, what a run records and every measurement checks) is the
+sha256 of its split layout and its text's sha256 together, so the same text split another way
+is another dataset: its measurements are never compared with the first's. The folder is named
+``<name>-<sha256[:12]>``, so preparing the same text again is a no-op.
+
+Datasets prepared before the test split (two files, train 90% / val 10%, ``sha256`` the text's
+own) keep working: the runs measured on them find them by that sha256, and a report of such a
+run says it has no test split (a new run on the dataset prepared again has one).
 
 The "offline" corpus is text *sampled* from a word-level Markov chain fitted on the standard
 library's docstrings, with transition weights perturbed and words drawn from the operating
@@ -49,7 +60,9 @@ SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2d
 OFFLINE_LIMIT = 1_000_000  # bytes of the "offline" corpus (and of the docstrings it is fitted on)
 OFFLINE_GENERATOR = "docstring-markov/v1"  # meta.json "generator" of a sampled offline corpus
 MARKOV_ORDER = 2  # words of context of the offline corpus's chain
-TRAIN_FRACTION = 0.9
+TRAIN_FRACTION = 0.9  # the layout before the test split (folders prepared by older versions)
+SPLITS = "train/val/test 80/10/10"  # the layout prepared now (meta.json "splits")
+SPLIT_FRACTIONS = (0.8, 0.9)  # where val and test start, as fractions of the text
 MIN_VAL_TOKENS = 8 * 256 + 1  # one evaluation batch (8 windows of 256) plus its last target
 DOWNLOAD_TIMEOUT = 30.0  # seconds
 # stdlib folders left out of the offline corpus: tests and vendored third-party code
@@ -66,6 +79,17 @@ class PreparedData:
     train_tokens: int
     val_tokens: int
     bytes_per_token: float
+    test_tokens: int = 0  # 0: prepared before the test split
+    text_sha256: str = ""  # the whole text's sha256
+
+    @property
+    def has_test(self) -> bool:
+        return self.test_tokens > 0
+
+
+def identity(text_sha256: str, splits: str = SPLITS) -> str:
+    """A dataset's identity: its split layout and its text, together (one sha256)."""
+    return hashlib.sha256(f"{splits}\n{text_sha256}".encode()).hexdigest()
 
 
 def cache_dir() -> Path:
@@ -91,9 +115,12 @@ def prepare(
         if done:
             return done
     if dataset == "shakespeare":
-        done = _existing(cache, "shakespeare", SHAKESPEARE_SHA256)
+        done = _existing(cache, "shakespeare", identity(SHAKESPEARE_SHA256))
         if done:
             return done
+        old = _existing(cache, "shakespeare", SHAKESPEARE_SHA256)  # prepared before test splits
+        if old:
+            return _store(cache, "shakespeare", _text_of(old))
         url = os.environ.get("AUTORESEARCH_SHAKESPEARE_URL", SHAKESPEARE_URL)
         try:
             text = _download(url)
@@ -143,6 +170,8 @@ def load_prepared(path: Path) -> PreparedData:
             train_tokens=int(meta["train_tokens"]),
             val_tokens=int(meta["val_tokens"]),
             bytes_per_token=float(meta["bytes_per_token"]),
+            test_tokens=int(meta.get("test_tokens", 0)),
+            text_sha256=str(meta.get("text_sha256", meta["sha256"])),
         )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DataError(f"{path} is not a prepared dataset (meta.json: {e})") from e
@@ -260,7 +289,14 @@ def _offline(cache: Path, say: Callable[[str], None]) -> PreparedData:
         else:
             older.append(meta.parent)
     if current:
-        return max(current, key=lambda c: c[:2])[2]
+        newest = max(current, key=lambda c: c[:2])[2]
+        if newest.has_test:
+            return newest
+        # the same sampled text, split with a test split (the old folder stays for its runs)
+        info = json.loads((newest.path / "meta.json").read_text(encoding="utf-8"))
+        return _store(cache, "offline", _text_of(newest),
+                      extra={"generator": OFFLINE_GENERATOR,
+                             "prepared_at": float(info.get("prepared_at", 0.0)) + 1e-3})
     text = _offline_text()
     if older:
         say(f"built a new offline corpus (sampled, unique to this cache); {older[0]} and any "
@@ -291,6 +327,12 @@ def _read_text(path: Path) -> bytes:
 # --- the prepared folder ------------------------------------------------------------------
 
 
+def _text_of(prepared: PreparedData) -> bytes:
+    """The whole text of a prepared dataset (its splits in order)."""
+    parts = ["train.bin", "val.bin"] + (["test.bin"] if prepared.has_test else [])
+    return b"".join((prepared.path / p).read_bytes() for p in parts)
+
+
 def _existing(cache: Path, name: str, sha: str) -> PreparedData | None:
     path = cache / f"{name}-{sha[:12]}"
     if not (path / "meta.json").is_file():
@@ -301,25 +343,29 @@ def _existing(cache: Path, name: str, sha: str) -> PreparedData | None:
 
 def _store(cache: Path, name: str, text: bytes, extra: dict[str, object] | None = None
            ) -> PreparedData:
-    sha = hashlib.sha256(text).hexdigest()
+    text_sha = hashlib.sha256(text).hexdigest()
+    sha = identity(text_sha)
     done = _existing(cache, name, sha)
     if done:
         return done
-    split = int(len(text) * TRAIN_FRACTION)
-    if len(text) - split < MIN_VAL_TOKENS:
+    val_at, test_at = (int(len(text) * f) for f in SPLIT_FRACTIONS)
+    if min(test_at - val_at, len(text) - test_at) < MIN_VAL_TOKENS:
         raise DataError(
-            f"dataset {name!r} is too small ({len(text):,} bytes): its validation split (the "
-            f"last 10%) needs at least {MIN_VAL_TOKENS:,} bytes, so give it at least "
-            f"{MIN_VAL_TOKENS * 10:,} bytes of text"
+            f"dataset {name!r} is too small ({len(text):,} bytes): its validation and test "
+            f"splits (10% each) need at least {MIN_VAL_TOKENS:,} bytes, so give it at least "
+            f"{MIN_VAL_TOKENS * 10 + 10:,} bytes of text"
         )
     meta = {
         "name": name,
         "sha256": sha,
+        "text_sha256": text_sha,
+        "splits": SPLITS,
         "vocab_size": 256,
         "bytes_per_token": 1.0,
         "tokenizer": "bytes",
-        "train_tokens": split,
-        "val_tokens": len(text) - split,
+        "train_tokens": val_at,
+        "val_tokens": test_at - val_at,
+        "test_tokens": len(text) - test_at,
         "total_bytes": len(text),
         **(extra or {}),
     }
@@ -328,8 +374,9 @@ def _store(cache: Path, name: str, text: bytes, extra: dict[str, object] | None 
     # build next to the final folder, then rename: readers never see a half-written dataset
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
     try:
-        (tmp / "train.bin").write_bytes(text[:split])
-        (tmp / "val.bin").write_bytes(text[split:])
+        (tmp / "train.bin").write_bytes(text[:val_at])
+        (tmp / "val.bin").write_bytes(text[val_at:test_at])
+        (tmp / "test.bin").write_bytes(text[test_at:])
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         try:
             tmp.rename(final)
@@ -339,3 +386,13 @@ def _store(cache: Path, name: str, text: bytes, extra: dict[str, object] | None 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_prepared(final)
+
+
+def files_identity(meta: dict[str, object], train: bytes, val: bytes, test: bytes | None
+                   ) -> str:
+    """The identity of a prepared dataset computed from its files and its meta.json (the
+    trusted evaluator and a Ray node check it against the run's): a folder from before the
+    test split is its text's sha256."""
+    if test is None:
+        return hashlib.sha256(train + val).hexdigest()
+    return identity(hashlib.sha256(train + val + test).hexdigest(), str(meta.get("splits")))

@@ -61,8 +61,8 @@ def compare(e: Experiment) -> Comparison:
                  if seeds else f"baseline: {e.val_bpb:.4f}")
         return Comparison(seeds, e.val_bpb, e.val_bpb, 0.0, None, "baseline", words,
                           "the first champion")
-    if e.kind == "replay":
-        return Comparison([], e.val_bpb, None, e.delta, None, "replay",
+    if e.kind in ("replay", "report"):
+        return Comparison([], e.val_bpb, None, e.delta, None, str(e.kind),
                           e.reason or e.status.value, e.status.value)
     if e.status in _FAILED:
         why = e.reason or "no reason given"

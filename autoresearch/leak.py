@@ -99,9 +99,10 @@ def window_hashes(data: np.ndarray, window: int) -> np.ndarray:
 class LeakIndex:
     """Every ``window``-byte window of a text (the validation split), for :meth:`find`."""
 
-    def __init__(self, text: bytes, window: int = WINDOW) -> None:
+    def __init__(self, text: bytes, window: int = WINDOW, val_len: int | None = None) -> None:
         self.text = text
         self.window = window
+        self.val_len = len(text) if val_len is None else val_len  # the rest is the test split
         self._buf = np.frombuffer(text, dtype=np.uint8)
         hashes = window_hashes(self._buf, window)
         self._order = np.argsort(hashes, kind="stable")
@@ -109,7 +110,7 @@ class LeakIndex:
 
     @classmethod
     def of(cls, data: PreparedData, window: int = WINDOW) -> LeakIndex:
-        return cls((data.path / "val.bin").read_bytes(), window)
+        return _held_out(str(data.path), window)
 
     def hits(self, text: str | bytes) -> Iterator[Hit]:
         """Every place ``text`` holds a window of the indexed text, in order, each extended to
@@ -153,7 +154,15 @@ class LeakIndex:
 
 @functools.lru_cache(maxsize=4)
 def _index(path: str, sha256: str, window: int) -> LeakIndex:
-    return LeakIndex((Path(path) / "val.bin").read_bytes(), window)
+    return _held_out(path, window)
+
+
+def _held_out(path: str, window: int) -> LeakIndex:
+    """The validation split followed by the test split where the dataset has one: a proposal
+    may carry neither (the report scores the test split)."""
+    val = (Path(path) / "val.bin").read_bytes()
+    test = Path(path) / "test.bin"
+    return LeakIndex(val + (test.read_bytes() if test.is_file() else b""), window, len(val))
 
 
 def index_for(data: PreparedData) -> LeakIndex:
@@ -254,9 +263,11 @@ def _violation(path: str, view: View, hit: Hit, index: LeakIndex) -> ValidationL
     where = f"{path} line {line}" if line else path
     text = index.text[hit.val_offset:hit.val_offset + hit.length].decode("utf-8", "replace")
     snippet = text if len(text) <= 60 else text[:57] + "..."
+    split, at = ("validation", hit.val_offset) if hit.val_offset < index.val_len else (
+        "test", hit.val_offset - index.val_len)
     message = (
-        f"{where}: {hit.length} bytes copied from the validation split (its bytes "
-        f"{hit.val_offset:,} to {hit.val_offset + hit.length:,}), {view.what}: {snippet!r}: "
+        f"{where}: {hit.length} bytes copied from the {split} split (its bytes "
+        f"{at:,} to {at + hit.length:,}), {view.what}: {snippet!r}: "
         f"text of the validation split, {index.window} bytes or more in a row, is not allowed "
         f"[{RULE}]. Every proposal is scored on that split; a model that has seen its text "
         "would be scored on memory, not on learning, so a proposal may not carry it in code, "

@@ -76,6 +76,11 @@ class Metrics(BaseModel):
     flops_per_token: float | None = None
     device_name: str | None = None
     mfu: float | None = None
+    # the held-out test split (data.py), scored only for a report measurement (Job.split
+    # "test": ``autoresearch report``, ``train --split test``); None on every measurement a
+    # decision is made on
+    test_bpb: float | None = None
+    test_loss: float | None = None
 
     @model_validator(mode="after")
     def _no_metric_unless_ok(self) -> Metrics:
@@ -83,6 +88,8 @@ class Metrics(BaseModel):
         if self.status != RunStatus.ok:
             self.val_bpb = None
             self.val_loss = None
+            self.test_bpb = None
+            self.test_loss = None
         return self
 
     @property
@@ -117,3 +124,6 @@ class EvalReport(BaseModel):
     # and the device it ran on (torch.cuda.get_device_name(); None on a CPU)
     flops_per_token: float | None = None
     device_name: str | None = None
+    # the test split, scored only when the runner asks (--split test: report measurements)
+    test_loss: float | None = None
+    test_bpb: float | None = None

@@ -191,6 +191,7 @@ class ExperimentKind(enum.StrEnum):
     baseline = "baseline"  # the run's starting code, measured on every seed (seq 0)
     candidate = "candidate"  # an agent's proposal, one slot of the run's budget (seq 1..)
     replay = "replay"  # a stored diff measured again on another base (never kept)
+    report = "report"  # a source ``autoresearch report`` measured on fresh seeds (never kept)
 
 
 class MeasurementRole(enum.StrEnum):

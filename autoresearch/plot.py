@@ -36,7 +36,8 @@ def progress_axes(ax: Axes, run: Run, exps: Sequence[Experiment]) -> None:
     """Every experiment of ``run`` in order on ``ax``."""
     base = next((e for e in exps if e.kind == "baseline"), None)
     cands = [e for e in exps if e.kind == "candidate"]
-    valued = [e.val_bpb for e in exps if e.val_bpb is not None and e.kind != "replay"]
+    valued = [e.val_bpb for e in exps if e.val_bpb is not None
+              and e.kind not in ("replay", "report")]
     # what each decided candidate was compared with: the champion on the same seeds (under a
     # time budget, re-measured alongside it), which can sit far from the running best
     paired = [e for e in cands if e.status in (ES.kept, ES.discarded)

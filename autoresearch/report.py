@@ -34,7 +34,8 @@ def _cost(known: float, unknown: int) -> str:
 def metrics_text(m: Metrics) -> str:
     if not m.ok:
         return f"status {m.status.value}: {m.error or 'no reason given'}"
-    return (f"val_bpb {m.val_bpb:.4f}  val_loss {m.val_loss:.4f}  steps {m.steps}  "
+    test = f"test_bpb {m.test_bpb:.4f}  " if m.test_bpb is not None else ""
+    return (f"val_bpb {m.val_bpb:.4f}  val_loss {m.val_loss:.4f}  {test}steps {m.steps}  "
             f"train_tokens {m.train_tokens:,}  "
             f"tokens/s {m.train_tokens / max(m.train_seconds, 1e-9):,.0f}  "
             f"train {m.train_seconds:.1f}s  total {m.total_seconds:.1f}s  params {m.params:,}  "

@@ -72,7 +72,8 @@ S = ExperimentStatus
 def is_done(e: Experiment) -> bool:
     """Nothing more will happen to ``e``: a final status, or a replay that was measured (a
     replay reports whether it reproduces; it is never kept or discarded)."""
-    return e.status in FINAL or (e.kind == ExperimentKind.replay and e.status == S.measured)
+    return e.status in FINAL or (e.kind in (ExperimentKind.replay, ExperimentKind.report)
+                                 and e.status == S.measured)
 
 
 LEGAL: dict[ExperimentStatus, set[ExperimentStatus]] = {
@@ -259,6 +260,8 @@ class Measurement(SQLModel, table=True):
     worker: str = ""  # which worker, GPU or Ray node ran it
     threads: int | None = None  # torch threads per process (None: torch's default)
     concurrency: int = 1  # measurements running at once (this one included) when it started
+    # the held-out test split's bpb: only a report measurement (purpose report) has one
+    test_bpb: float | None = None
     created_at: datetime = Field(default_factory=_now)
 
 
@@ -298,7 +301,7 @@ _Stamped = TypeVar("_Stamped", Run, Experiment)  # the tables with an updated_at
 # the Measurement columns copied from a Metrics (the whole Metrics is kept as JSON as well)
 _MEASURED = {"seed", "status", "val_bpb", "val_loss", "train_tokens", "steps", "train_seconds",
              "total_seconds", "params", "peak_memory_mb", "device", "error", "worker",
-             "threads", "concurrency"}
+             "threads", "concurrency", "test_bpb"}
 
 
 def _detach(row: T) -> T:
@@ -597,7 +600,8 @@ class Store:
             q = select(Experiment).where(
                 Experiment.run_id == run_id, Experiment.fingerprint == fingerprint,
                 col(Experiment.status).not_in([S.rejected, S.interrupted]),
-                Experiment.kind != ExperimentKind.replay).order_by(col(Experiment.id)).limit(1)
+                col(Experiment.kind).not_in([ExperimentKind.replay, ExperimentKind.report])
+                ).order_by(col(Experiment.id)).limit(1)
             row = s.exec(q).first()
             return None if row is None else _detach(row)
 

@@ -62,7 +62,7 @@ def test_prepare_reports_sizes_and_rejects_bad_text(tmp_path: Path) -> None:
     corpus = _corpus(tmp_path)
     result = CliRunner().invoke(app, ["prepare", "--dataset", str(corpus)])
     assert result.exit_code == 0, result.output
-    assert "54,000 train / 6,000 val" in result.stdout
+    assert "48,000 train / 6,000 val / 6,000 test" in result.stdout
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     result = CliRunner().invoke(app, ["prepare", "--dataset", str(empty)])

@@ -39,6 +39,7 @@ TRAVERSALS = [
 BAD_IDS = ["/runs/999", "/runs/abc", "/runs/-1", "/runs/1.5", "/experiments/999",
            "/experiments/0x2", "/experiments/99999999999999999999", "/experiments/2.json.json",
            "/runs/999/progress.svg", "/experiments/999/curves.svg", "/static/missing.js",
+           "/runs/1/report", "/runs/999/report", "/runs/..%2f..%2fetc%2fpasswd/report",
            "/nowhere"]
 
 
@@ -112,6 +113,17 @@ def test_unknown_ids_and_traversal_attempts_are_a_404_page(recorded: Path, path:
     assert r.status_code == 404, (path, r.status_code)
     assert "Traceback" not in r.text and "root:" not in r.text
     assert "Not found" in r.text or r.json() == {"error": "not found"}
+
+
+def test_the_latest_research_report_is_linked(recorded: Path) -> None:
+    c = client(recorded)
+    assert "/report" not in c.get("/runs/1").text + c.get("/").text  # none yet: no link
+    (recorded / "reports").mkdir()
+    (recorded / "reports" / "run-1.html").write_text("<h1>What run 1 found</h1>")
+    assert 'href="/runs/1/report"' in c.get("/").text
+    assert 'href="/runs/1/report"' in c.get("/runs/1").text
+    page = c.get("/runs/1/report")
+    assert page.status_code == 200 and "What run 1 found" in page.text
 
 
 def test_nothing_writes(recorded: Path) -> None:

@@ -20,18 +20,36 @@ from autoresearch.errors import DataError
 TEXT = "To be, or not to be, that is the question. " * 1000
 
 
-def test_text_file_is_split_90_10_into_byte_tokens(tmp_path: Path) -> None:
+def old_layout(cache: Path, name: str, text: bytes, **extra: object) -> data.PreparedData:
+    """A dataset folder as versions before the test split wrote it: train 90% / val 10%, its
+    sha256 the text's own."""
+    sha = hashlib.sha256(text).hexdigest()
+    split = int(len(text) * 0.9)
+    folder = cache / f"{name}-{sha[:12]}"
+    folder.mkdir(parents=True)
+    (folder / "train.bin").write_bytes(text[:split])
+    (folder / "val.bin").write_bytes(text[split:])
+    (folder / "meta.json").write_text(json.dumps({
+        "name": name, "sha256": sha, "vocab_size": 256, "bytes_per_token": 1.0,
+        "train_tokens": split, "val_tokens": len(text) - split, **extra}))
+    return data.load_prepared(folder)
+
+
+def test_text_file_is_split_80_10_10_into_byte_tokens(tmp_path: Path) -> None:
     src = tmp_path / "hamlet.txt"
     src.write_text(TEXT, encoding="utf-8")
     prepared = data.prepare(str(src), cache=tmp_path / "cache")
     raw = TEXT.encode()
-    assert prepared.name == "hamlet" and prepared.sha256 == hashlib.sha256(raw).hexdigest()
+    assert prepared.name == "hamlet" and prepared.text_sha256 == hashlib.sha256(raw).hexdigest()
+    # the identity is the layout and the text together: the same text split otherwise differs
+    assert prepared.sha256 == data.identity(prepared.text_sha256) != prepared.text_sha256
     assert (prepared.vocab_size, prepared.bytes_per_token) == (256, 1.0)
-    assert prepared.train_tokens == int(len(raw) * 0.9)
-    assert prepared.train_tokens + prepared.val_tokens == len(raw)
+    assert prepared.train_tokens == int(len(raw) * 0.8) and prepared.has_test
+    assert prepared.train_tokens + prepared.val_tokens + prepared.test_tokens == len(raw)
     train = np.fromfile(prepared.path / "train.bin", dtype=np.uint8)
     val = np.fromfile(prepared.path / "val.bin", dtype=np.uint8)
-    assert train.tobytes() + val.tobytes() == raw
+    test = np.fromfile(prepared.path / "test.bin", dtype=np.uint8)
+    assert train.tobytes() + val.tobytes() + test.tobytes() == raw
     assert data.load_prepared(prepared.path) == prepared
     assert data.prepare(str(src), cache=tmp_path / "cache") == prepared  # idempotent
 
@@ -44,7 +62,8 @@ def test_folder_of_txt_files_is_read_in_sorted_order(tmp_path: Path) -> None:
     (folder / "notes.md").write_text("ignored", encoding="utf-8")
     prepared = data.prepare(str(folder), cache=tmp_path / "cache")
     assert prepared.name == "books"
-    assert prepared.sha256 == hashlib.sha256(b"A" * 15_000 + b"\n" + b"B" * 15_000).hexdigest()
+    assert prepared.text_sha256 == hashlib.sha256(
+        b"A" * 15_000 + b"\n" + b"B" * 15_000).hexdigest()
 
 
 @pytest.mark.parametrize(("content", "message"), [
@@ -74,9 +93,9 @@ def test_offline_corpus_is_sampled_anew_per_cache_and_reused_once_prepared(
     b = data.prepare("offline", cache=tmp_path / "two")
     assert a.name == b.name == "offline"
     assert a.sha256 != b.sha256  # drawn from the OS's random source: no two installs alike
-    assert a.train_tokens + a.val_tokens == data.OFFLINE_LIMIT
-    text = (a.path / "train.bin").read_bytes() + (a.path / "val.bin").read_bytes()
-    assert hashlib.sha256(text).hexdigest() == a.sha256
+    assert a.train_tokens + a.val_tokens + a.test_tokens == data.OFFLINE_LIMIT
+    text = b"".join((a.path / f).read_bytes() for f in ("train.bin", "val.bin", "test.bin"))
+    assert data.identity(hashlib.sha256(text).hexdigest()) == a.sha256
     assert a.path.name == f"offline-{a.sha256[:12]}"
     meta = json.loads((a.path / "meta.json").read_text())
     assert meta["generator"] == data.OFFLINE_GENERATOR and "seed" not in meta
@@ -88,7 +107,7 @@ def test_offline_corpus_is_sampled_anew_per_cache_and_reused_once_prepared(
 def test_an_older_offline_folder_stays_and_is_found_by_its_sha256(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     old_text = data._docstrings()  # what older versions stored as the offline corpus
-    old = data._store(cache, "offline", old_text)
+    old = old_layout(cache, "offline", old_text)
     notices: list[str] = []
     new = data.prepare("offline", cache=cache, notice=notices.append)
     assert new.sha256 != old.sha256 and (old.path / "val.bin").read_bytes() == old_text[
@@ -206,9 +225,28 @@ def test_shakespeare_download_with_the_right_hash_is_stored(
     # the real file is not in the repo: pretend this text's hash is the published one
     monkeypatch.setattr(data, "SHAKESPEARE_SHA256", hashlib.sha256(TEXT.encode()).hexdigest())
     prepared = data.prepare("shakespeare", cache=tmp_path / "cache")
-    assert prepared.name == "shakespeare" and prepared.train_tokens == int(len(TEXT) * 0.9)
+    assert prepared.name == "shakespeare" and prepared.train_tokens == int(len(TEXT) * 0.8)
     (serve / "input.txt").unlink()  # cached now: no second download
     assert data.prepare("shakespeare", cache=tmp_path / "cache") == prepared
+
+
+def test_a_dataset_from_before_the_test_split_stays_for_its_runs_and_new_runs_get_one(
+    serve: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache"
+    text = TEXT.encode()
+    monkeypatch.setattr(data, "SHAKESPEARE_SHA256", hashlib.sha256(text).hexdigest())
+    old = old_layout(cache, "shakespeare", text)
+    assert not old.has_test and old.text_sha256 == old.sha256
+    new = data.prepare("shakespeare", cache=cache)  # nothing served: built from the old text
+    assert new.has_test and new.text_sha256 == old.sha256 and new.sha256 != old.sha256
+    assert data.prepare("shakespeare", cache=cache, sha256=old.sha256) == old
+    # the sampled offline corpus: the same text, split again (it cannot be drawn twice)
+    sampled = old_layout(cache, "offline", data._offline_text(40_000),
+                         generator=data.OFFLINE_GENERATOR, prepared_at=1.0)
+    again = data.prepare("offline", cache=cache)
+    assert again.has_test and again.text_sha256 == sampled.sha256
+    assert data.prepare("offline", cache=cache) == again
 
 
 def test_shakespeare_with_a_wrong_hash_is_a_data_error(serve: Path, tmp_path: Path) -> None:

@@ -205,6 +205,29 @@ def test_tiny_model_is_scored_on_the_fixed_windows(
     assert 10_000 < report.params < 100_000  # the tiny model's parameters, from the artifact
 
 
+def test_the_test_split_is_scored_only_when_asked_for(
+    train_phase: TrainFn, prepared_data: PreparedData, tmp_path: Path,
+) -> None:
+    _, _, artifact = train_phase("tiny")
+    plain = evaluate(artifact, prepared_data.path, tmp_path)
+    assert plain.test_bpb is None and plain.test_loss is None
+    both = evaluate(artifact, prepared_data.path, tmp_path, "--split", "test")
+    assert both.val_bpb == plain.val_bpb  # the same validation score beside it
+    batch, tokens = harness.eval_plan("cpu")
+    held = torch.frombuffer(bytearray((prepared_data.path / "test.bin").read_bytes()),
+                            dtype=torch.uint8)
+    model = graph.GraphModel(artifact, "cpu")
+    total, n = 0.0, 0
+    with torch.inference_mode():
+        for x, y in evaluation.eval_windows(held, batch, 256, tokens):
+            total += float(torch.nn.functional.cross_entropy(
+                model(x).float().flatten(0, 1), y.flatten(), reduction="sum"))
+            n += y.numel()
+    assert both.test_loss == pytest.approx(total / n, rel=1e-6)
+    assert both.test_bpb == pytest.approx(both.test_loss / math.log(2))
+    assert both.test_bpb != both.val_bpb  # other text
+
+
 def test_batches_side_by_side_score_what_one_at_a_time_would(
     train_phase: TrainFn, prepared_data: PreparedData,
 ) -> None:

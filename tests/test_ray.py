@@ -3,6 +3,7 @@ task cancelled at its deadline, a dead worker recorded as a crash, bad clusters 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -191,6 +192,12 @@ def test_a_killed_worker_is_a_crash_and_its_next_job_runs_as_here(
     # the dataset is cached on the node by its sha256; the job's own folder is gone
     assert (head.cache / "ray" / "datasets" / prepared_data.sha256 / "val.bin").is_file()
     assert list((head.cache / "ray" / "jobs").iterdir()) == []
+    # a report's measurement scores the held-out test split on the node too (it went along)
+    job = dataclasses.replace(_job(SOURCES / "tiny", prepared_data, tmp_path / "report"),
+                              split="test")
+    m = worker.measure(job)
+    assert m.status == RunStatus.ok and m.test_bpb is not None and m.val_bpb is not None
+    assert (head.cache / "ray" / "datasets" / prepared_data.sha256 / "test.bin").is_file()
 
 
 def test_an_address_that_does_not_answer_is_a_usage_error_in_seconds(tmp_path: Path) -> None:

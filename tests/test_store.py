@@ -161,7 +161,7 @@ def test_rows_an_older_version_wrote_read_as_typed_kinds_roles_and_decisions(
 
     store = Store(path)
     exps = {e.id: e for e in store.experiments()}
-    assert [type(e.kind) for e in exps.values()] == [ExperimentKind] * 4
+    assert [type(e.kind) for e in exps.values()] == [ExperimentKind] * (len(ExperimentKind) + 1)
     base = read_decision(exps[ids[ExperimentKind.baseline]])
     assert isinstance(base, BaselineNoise) and base.values == {0: 3.2, 1: 3.25}
     judged = read_decision(exps[cand])

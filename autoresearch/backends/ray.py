@@ -41,7 +41,7 @@ START_TIMEOUT = 900.0  # seconds a job may wait for a node with room before it i
 SETTLE_TIMEOUT = 30.0  # seconds to wait for a cancelled task's worker to be gone
 PROBE_TIMEOUT = 5.0  # seconds for the cluster's address to answer
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # + an empty SETTINGS frame
-_DATASET_FILES = ("train.bin", "val.bin", "meta.json")
+_DATASET_FILES = ("train.bin", "val.bin", "test.bin", "meta.json")  # test.bin: if prepared
 _connected: dict[str, str | None] = {}  # the address this process's ray.init was given
 
 
@@ -292,6 +292,7 @@ class _Cluster:
             "timeout": job.timeout,
             "sandbox": job.sandbox,
             "expect_sha256": job.expect_sha256,
+            "split": job.split,
             "threads": threads,
             "driver_paths": _driver_paths(),
         }
@@ -303,7 +304,8 @@ class _Cluster:
         with self._lock:
             if key not in self._datasets:
                 self._datasets[key] = self.ray.put(
-                    {name: (folder / name).read_bytes() for name in _DATASET_FILES})
+                    {name: (folder / name).read_bytes() for name in _DATASET_FILES
+                     if name != "test.bin" or prepared.has_test})
             return prepared.sha256, self._datasets[key]
 
     def release(self, count: int = 1) -> None:

@@ -96,7 +96,8 @@ def _measure_here(spec: dict[str, Any], node: str) -> dict[str, Any]:
             source=source, data=data, budget=Budget.model_validate(spec["budget"]), seed=seed,
             device=device, out_dir=out, setup_cap=float(spec["setup_cap"]),
             timeout=spec["timeout"], sandbox=bool(spec["sandbox"]),
-            expect_sha256=spec["expect_sha256"]), threads=spec["threads"])
+            expect_sha256=spec["expect_sha256"], split=str(spec.get("split", "val"))),
+            threads=spec["threads"])
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
                  if p.is_file() and p.name != runner.PID_FILE and not p.name.endswith(".tmp")}
         return {"metrics": metrics.model_dump_json(), "files": files}
@@ -136,11 +137,13 @@ def _node_dataset(cache: Path, sha: str, refs: list[Any], node: str) -> Path:
     import ray
 
     files: dict[str, bytes] = ray.get(refs[0])
-    got = hashlib.sha256(files["train.bin"] + files["val.bin"]).hexdigest()
-    claimed = json.loads(files["meta.json"]).get("sha256")
+    meta = json.loads(files["meta.json"])
+    got = data_mod.files_identity(meta, files["train.bin"], files["val.bin"],
+                                  files.get("test.bin"))
+    claimed = meta.get("sha256")
     if got != sha or claimed != sha:
         raise DataError(f"the dataset that reached ray node {node} is not the one sent: its "
-                        f"text's sha256 is {got[:12]}, expected {sha[:12]}")
+                        f"identity is {got[:12]}, expected {sha[:12]}")
     cache.mkdir(parents=True, exist_ok=True)
     # written next to its final folder, then renamed: a job never sees half a dataset
     tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:12]}-", dir=cache))

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 from autoresearch import report
 from autoresearch.errors import StoreError
 from autoresearch.explain import compare
+from autoresearch.findings_render import REPORTS_DIR
 from autoresearch.models import MeasurementRole
 from autoresearch.store import Experiment, Run, Store, is_done
 
@@ -146,7 +147,28 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
             d["done"] = sum(d["statuses"].values()) - d["statuses"].get("interrupted", 0)
         version = json.dumps([(d["id"], d["state"], d["done"], d["champion_bpb"],
                                d["cost_usd"], d["calls"]) for d in rows])
-        return {"version": version, "runs": rows, "db_missing": False}
+        return {"version": version, "runs": rows, "db_missing": False,
+                "latest_report": latest_report()}
+
+    # -- the research reports (``autoresearch report`` keeps them in <workspace>/reports/) --
+    def report_path(run_id: int) -> Path:
+        return workspace / REPORTS_DIR / f"run-{run_id}.html"
+
+    def latest_report() -> int | None:
+        """The run whose report was written last."""
+        found = sorted((p.stat().st_mtime, p) for p in (workspace / REPORTS_DIR).glob(
+            "run-*.html") if p.stem[4:].isdigit()) if (workspace / REPORTS_DIR).is_dir() else []
+        return int(found[-1][1].stem[4:]) if found else None
+
+    @app.get("/runs/{ref}/report")
+    def run_report(ref: str) -> Response:
+        run_id, _ = _parse_id(ref, json_ok=False)
+        path = report_path(run_id)
+        if not path.is_file():
+            raise NotFound(f"no report of run {run_id} yet: `autoresearch report --run "
+                           f"{run_id}` writes one")
+        return HTMLResponse(path.read_text(encoding="utf-8"),
+                            headers={"Cache-Control": "no-store"})
 
     @app.get("/runs/{ref}")
     def run_page(ref: str) -> Response:
@@ -163,7 +185,7 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
             max(e.updated_at for e in exps).isoformat() if exps else "") + "|" + ",".join(
             f"{f['id']}:{f['measured']}" for f in flight)
         return {"version": version, "run": report.run_dict(store, r), "experiments": rows,
-                "in_flight": flight,
+                "in_flight": flight, "report": report_path(r.id).is_file(),
                 "statuses": sorted({row["status"] for row in rows})}
 
     def in_flight(store: Store, r: Run, e: Experiment) -> dict[str, Any]:

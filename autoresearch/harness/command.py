@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seq-len", type=int, default=SEQ_LEN, help="evaluation context length")
     p.add_argument("--artifact", help="the exported model (evaluation)")
     p.add_argument("--expect-sha256", help="the dataset's sha256, checked by eval")
+    p.add_argument("--split", choices=["val", "test"], default="val",
+                   help="eval: test also scores the held-out test split (report measurements)")
     p.add_argument("--sandbox", choices=["on", "off"], default="off",
                    help="fence the training process in with Landlock (the runner says on)")
     warm = p.add_mutually_exclusive_group()

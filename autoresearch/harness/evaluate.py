@@ -9,7 +9,7 @@ index, fresh cuts each time; docs/integrity.md says what that bounds).
 from __future__ import annotations
 
 import argparse
-import hashlib
+import json
 import math
 import secrets
 import time
@@ -135,26 +135,48 @@ def check_causal(probe: Probe, moved: torch.Tensor, clean: dict[int, torch.Tenso
                 "model looks ahead or across the batch")
 
 
-def load_val(data: Path, expect_sha256: str | None) -> torch.Tensor:
-    """The validation split, after checking the dataset is the byte-level one it claims to be
-    (and, given its sha256, that nobody changed it since the measurement started)."""
-    from autoresearch.data import load_prepared
+def load_splits(data: Path, expect_sha256: str | None, test: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The validation split (and, with ``test``, the test split), after checking the dataset
+    is the byte-level one it claims to be (and, given its identity, that nobody changed it
+    since the measurement started). The test split's bytes are hashed for that check on
+    every evaluation, but returned (to be scored) only when asked for."""
+    from autoresearch.data import files_identity, load_prepared
 
     prepared = load_prepared(data)
     if prepared.vocab_size != 256 or prepared.bytes_per_token != 1.0:
         raise HarnessFailure(f"{data} is not a byte-level dataset (vocab 256, 1 byte/token)")
+    if test and not prepared.has_test:
+        raise HarnessFailure(f"{data} has no test split (prepared before test splits): "
+                             "prepare the dataset again for one")
     train, val = (data / "train.bin").read_bytes(), (data / "val.bin").read_bytes()
-    sha = hashlib.sha256(train + val).hexdigest()
+    held = (data / "test.bin").read_bytes() if prepared.has_test and test else None
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    if prepared.has_test and not test:  # the identity covers it: hash it without keeping it
+        sha = files_identity(meta, train, val, (data / "test.bin").read_bytes())
+    else:
+        sha = files_identity(meta, train, val, held)
     if sha != (expect_sha256 or prepared.sha256):
-        raise HarnessFailure(f"{data} changed: its text's sha256 is {sha[:16]}…, expected "
+        raise HarnessFailure(f"{data} changed: its identity is {sha[:16]}…, expected "
                              f"{(expect_sha256 or prepared.sha256)[:16]}…")
-    return torch.frombuffer(bytearray(val), dtype=torch.uint8)
+    return _tensor(val), None if held is None else _tensor(held)
+
+
+def _tensor(raw: bytes) -> torch.Tensor:
+    return torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+
+
+def load_val(data: Path, expect_sha256: str | None) -> torch.Tensor:
+    """The validation split, checked (``load_splits``)."""
+    return load_splits(data, expect_sha256)[0]
 
 
 def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
-             expect_sha256: str | None = None) -> EvalReport:
-    """Load the exported model, check it, and score it on the fixed validation windows."""
-    val = load_val(data, expect_sha256).to(device)
+             expect_sha256: str | None = None, test: bool = False) -> EvalReport:
+    """Load the exported model, check it, and score it on the fixed validation windows (and,
+    with ``test``, on the test split's windows too, laid out the same way)."""
+    val_split, test_split = load_splits(data, expect_sha256, test)
+    val = val_split.to(device)
     vocab = 256
     batch, max_tokens = eval_plan(device)
     batches = eval_windows(val, batch, seq_len, max_tokens)
@@ -203,6 +225,18 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
     total = 0.0
     for loss in losses:
         total += loss
+    test_loss = None
+    if test_split is not None:  # the same model, windows of the held-out text (report only)
+        held = eval_windows(test_split.to(device), batch, seq_len, max_tokens)
+        test_total = 0.0
+        for x, y in held:
+            logits = logits_of(x, "a test batch")
+            with torch.inference_mode():
+                test_total += float(torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum"))
+        test_loss = test_total / (len(held) * batch * seq_len)
+        if not math.isfinite(test_loss):
+            raise NonFiniteLoss(f"the test loss is {test_loss}")
     flops = None  # the forward FLOPs of the graph itself, on a GPU (for MFU: mfu.py)
     if device.startswith("cuda"):
         with torch.inference_mode():
@@ -214,7 +248,9 @@ def evaluate(artifact: Path, data: Path, device: str, seq_len: int,
     return EvalReport(status=RunStatus.ok, val_loss=val_loss, eval_tokens=tokens,
                       val_bpb=val_loss / math.log(2),  # one token is one byte
                       seq_len=seq_len, params=model.params, causal_ok=True,
-                      flops_per_token=flops, device_name=mfu.device_name(device))
+                      flops_per_token=flops, device_name=mfu.device_name(device),
+                      test_loss=test_loss,
+                      test_bpb=None if test_loss is None else test_loss / math.log(2))
 
 
 def eval_phase(args: argparse.Namespace) -> int:
@@ -222,7 +258,7 @@ def eval_phase(args: argparse.Namespace) -> int:
     seed_everything(0)
     try:
         report = evaluate(Path(args.artifact), Path(args.data), args.device, args.seq_len,
-                          args.expect_sha256)
+                          args.expect_sha256, test=getattr(args, "split", "val") == "test")
     except Exception as e:
         status = e.status if isinstance(e, HarnessFailure) else RunStatus.crash
         report = EvalReport(status=status, error=describe(e), seq_len=args.seq_len,

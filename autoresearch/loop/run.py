@@ -172,11 +172,12 @@ class ActiveRun:
 
     # -- measuring --------------------------------------------------------------------------
     def run_seeds(self, worker: Worker, exp_id: int, wt: Path, seeds: list[int],
-                  purpose: Purpose, role: MeasurementRole = MeasurementRole.candidate
-                  ) -> tuple[dict[int, float], Metrics | None]:
+                  purpose: Purpose, role: MeasurementRole = MeasurementRole.candidate,
+                  split: str = "val") -> tuple[dict[int, float], Metrics | None]:
         """Run ``wt`` on ``seeds`` in order on ``worker``, each measurement stored with why it
         ran (``purpose``); stop at the first failure (the 2nd item).
-        ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``."""
+        ``role`` "champion": the champion's code, measured alongside candidate ``exp_id``.
+        ``split`` "test": also score the held-out test split (report measurements only)."""
         values: dict[int, float] = {}
         for seed in seeds:
             if self.stopping is not None:  # not one job more once the loop is stopping
@@ -184,7 +185,8 @@ class ActiveRun:
             job = Job(source=wt, data=self.data.path, budget=self.budget, seed=seed,
                       device=self.run.device, out_dir=self.ws.exp_dir(exp_id) / role.folder(seed),
                       setup_cap=self.settings.setup_cap, timeout=self.settings.timeout,
-                      sandbox=self.settings.sandbox, expect_sha256=self.run.dataset_sha256)
+                      sandbox=self.settings.sandbox, expect_sha256=self.run.dataset_sha256,
+                      split=split)
             m = self._run_job(worker, job)
             if self.stopping is not None:
                 raise Stopping(self.stopping)

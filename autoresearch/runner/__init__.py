@@ -87,6 +87,9 @@ class Job:
     sandbox: bool = True  # fence the training process in with Landlock where the OS has it
     expect_sha256: str | None = None  # refuse any other dataset, before training
     seq_len: int = 256  # the evaluation's context length
+    # "test": the evaluation also scores the held-out test split (a report measurement; the
+    # training process gets the same job either way, and never the split's path or values)
+    split: str = "val"
 
 
 def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
@@ -112,6 +115,10 @@ def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
         return _finish(metrics, job.out_dir, started)
     metrics.device = device
     metrics.dataset, metrics.dataset_sha256 = prepared.name, prepared.sha256
+    if job.split == "test" and not prepared.has_test:
+        metrics.error = (f"the dataset in {job.data} has no test split (prepared before test "
+                         "splits): prepare it again for one")
+        return _finish(metrics, job.out_dir, started)
     if job.expect_sha256 is not None and prepared.sha256 != job.expect_sha256:
         metrics.error = (f"the dataset in {job.data} is {prepared.name} "
                          f"({prepared.sha256[:12]}), not the run's ({job.expect_sha256[:12]}): "
@@ -150,7 +157,8 @@ def measure(job: Job, *, slot: Slot | None = None, gpu: str | None = None,
             elif served.status == RunStatus.ok and served.artifact is not None:
                 metrics = _evaluate(metrics, served.artifact, job.data, prepared.sha256, env,
                                     log, slot.eval_for(pair, env) if slot and pair else None,
-                                    then=None if slot is None else lambda: slot.add_eval(env))
+                                    then=None if slot is None else lambda: slot.add_eval(env),
+                                    split=job.split)
             metrics = _finish(metrics, job.out_dir, started)
             log.write(f"\n== {metrics.status.value}: val_bpb {metrics.val_bpb}, "
                       f"{metrics.total_seconds:.1f} s ==\n".encode())
@@ -218,7 +226,7 @@ def _served(metrics: Metrics, served: Served, log: BoundedLog, device: str) -> M
 
 def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
               env: dict[str, str], log: BoundedLog, warm: Evaluator | None = None,
-              then: Callable[[], None] | None = None) -> Metrics:
+              then: Callable[[], None] | None = None, split: str = "val") -> Metrics:
     """Score the artifact in a fresh process of trusted code. It starts in a new empty folder
     (never on sys.path) and answers through a pipe only this process holds, so nothing the
     training process left behind can stand in for its report. ``warm``: that process, started
@@ -227,7 +235,7 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
     ev = warm if warm is not None else start_eval(env)
     job = ["--phase", "eval", "--data", str(Path(data).resolve()), "--expect-sha256", sha256,
            "--device", metrics.device, "--seq-len", str(metrics.seq_len), "--artifact",
-           str(artifact), "--out", f"fd:{ev.fd}"]
+           str(artifact), "--out", f"fd:{ev.fd}", "--split", split]
     try:
         ev.proc.hand(job, log, log.path.parent / PID_FILE)
         code, timed_out = ev.proc.wait(EVAL_TIMEOUT)
@@ -251,7 +259,7 @@ def _evaluate(metrics: Metrics, artifact: Path, data: Path, sha256: str,
         metrics = metrics.model_copy(update=result.model_dump(
             include={"status", "error", "val_loss", "val_bpb", "eval_tokens", "seq_len",
                      "params", "causal_ok", "eval_seconds", "torch_version",
-                     "flops_per_token", "device_name"}))
+                     "flops_per_token", "device_name", "test_loss", "test_bpb"}))
         # from the graph's FLOPs (the evaluator's count) and the broker's tokens and seconds
         metrics.mfu = mfu.of_training(metrics.flops_per_token, metrics.device_name,
                                       metrics.train_tokens, metrics.train_seconds)

@@ -43,6 +43,7 @@ JOBS: dict[str, list[str]] = {  # source -> its budget
     "leave_notes": TOKENS,
     "leave_notes_again": TOKENS,  # the same source, after the first has left its notes
     "proc_root": TOKENS,
+    "read_test_split": [*TOKENS, "--split", "test"],
 }
 
 
@@ -163,6 +164,20 @@ def test_a_measurement_finds_nothing_the_last_one_left(
     assert again["parent_cmdline"].startswith("denied")
     assert str(again["pids"]).startswith("denied")  # not even the list of processes
     assert again["own_status"] == "Name"  # its own /proc entries stay readable
+
+
+def test_the_test_split_is_out_of_reach_even_when_the_evaluation_scores_it(
+        measured: dict[str, tuple[Metrics, str]]) -> None:
+    """``train --split test``: the evaluation scores the held-out split, the training process
+    can neither open it nor learn from its job that it will be scored on it."""
+    m, log = measured["read_test_split"]
+    assert m.status == RunStatus.ok and m.test_bpb is not None and m.val_bpb is not None, \
+        _said(m)
+    said = json.loads(log.split("TESTSPLIT ", 1)[1].splitlines()[0])
+    assert said["direct"] == said["proc_root"] == "denied: Permission denied", said
+    assert said["found_in_home"] == [] and said["told"] == [], said
+    honest, _ = measured["honest"]
+    assert honest.test_bpb is None  # a measurement without --split test never scores it
 
 
 def test_the_validation_split_is_not_reachable_through_proc_links(
