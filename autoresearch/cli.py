@@ -612,7 +612,7 @@ def report_cmd(
         s = _settings()
         store = _store(s)
         ws = Workspace(s.workspace, s.editable)
-        r = findings.latest_run(store, run)
+        r = report.latest_run(store, run)
         reporter = make_reporter(None, err)
         try:
             d = findings.run_report(s, store, ws, reporter, r, seeds,
@@ -654,7 +654,7 @@ def _export_minimal(s: Settings, store: Store, ws: Workspace, what: str, run: in
 
     if what != "best":
         raise UsageError("--minimal goes with best (a run's champion)")
-    r = findings.latest_run(store, run)
+    r = report.latest_run(store, run)
     folder = out_path or Path(f"minimal-run-{r.id}")
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"--out {folder} is a file; --minimal writes a folder")

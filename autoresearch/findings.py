@@ -502,12 +502,3 @@ def _with_diff(ws: Workspace, run: Run, result: dict[str, Any]) -> dict[str, Any
     return result
 
 
-def latest_run(store: Store, run_id: int | None) -> Run:
-    runs = store.runs()
-    if run_id is not None:
-        runs = [r for r in runs if r.id == run_id]
-        if not runs:
-            raise UsageError(f"no run {run_id}")
-    if not runs:
-        raise UsageError("no runs yet")
-    return runs[-1]

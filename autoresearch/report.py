@@ -450,16 +450,21 @@ def replay_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def latest_run(store: Store, run_id: int | None) -> Run:
+    """Run ``run_id``, or the newest run; a one-line error when there is none."""
+    runs = store.runs()
+    if run_id is not None:
+        runs = [r for r in runs if r.id == run_id]
+        if not runs:
+            raise UsageError(f"no run {run_id}")
+    if not runs:
+        raise UsageError("no runs yet")
+    return runs[-1]
+
+
 def export(store: Store, ws: Workspace, what: str, run_id: int | None) -> str:
     if what == "best":
-        runs = store.runs()
-        if run_id is not None:
-            runs = [r for r in runs if r.id == run_id]
-            if not runs:
-                raise UsageError(f"no run {run_id}")
-        if not runs:
-            raise UsageError("no runs yet")
-        files = ws.read_files(runs[-1].champion_commit)
+        files = ws.read_files(latest_run(store, run_id).champion_commit)
         if len(files) == 1:
             return next(iter(files.values()))
         return "".join(f"# ==== {p} ====\n{t}" for p, t in files.items())

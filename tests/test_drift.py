@@ -239,22 +239,33 @@ def test_a_replay_that_differs_on_a_faster_machine_says_it_is_the_machine(
     assert same_speed.reason == "differs: Δ -0.5"
 
 
-def test_an_older_results_db_gains_the_new_columns(tmp_path: Path) -> None:
-    path = tmp_path / "results.db"
-    Store(path).close()
-    con = sqlite3.connect(path)
-    for column in ("role", "speed", "speed_ratio", "drift"):
-        con.execute(f"ALTER TABLE measurement DROP COLUMN {column}")
-    con.commit()
-    con.close()
-    store = Store(path)  # an older file: reopened, it gets the columns with their defaults
+def _one_measurement(store: Store) -> tuple[int, int]:
+    """A run with one candidate measured once: (run id, experiment id)."""
     run = store.add_run(agent="mock", budget_kind="time", budget_amount=10, seeds="[0]",
                         device="cpu", dataset="x", dataset_sha256="x", experiments_planned=1,
                         branch="run/1", baseline_commit="a", champion_commit="a")
     e = store.add_experiment(run_id=run.id, kind="candidate", seq=1, title="x")
-    assert e.id is not None
+    assert run.id is not None and e.id is not None
     store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=3.0))
-    assert [m.role for m in store.measurements(e.id)] == ["candidate"]
+    return run.id, e.id
+
+
+def _drop(path: Path, *statements: str) -> None:
+    con = sqlite3.connect(path)
+    for statement in statements:
+        con.execute(statement)
+    con.commit()
+    con.close()
+
+
+def test_an_older_results_db_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "results.db"
+    Store(path).close()
+    _drop(path, *(f"ALTER TABLE measurement DROP COLUMN {column}"
+                  for column in ("role", "speed", "speed_ratio", "drift")))
+    store = Store(path)  # an older file: reopened, it gets the columns with their defaults
+    _, exp_id = _one_measurement(store)
+    assert [m.role for m in store.measurements(exp_id)] == ["candidate"]
 
 
 def test_a_reader_opening_an_older_results_db_upgrades_it_and_reads_it(tmp_path: Path) -> None:
@@ -262,20 +273,11 @@ def test_a_reader_opening_an_older_results_db_upgrades_it_and_reads_it(tmp_path:
     # it reads, and would fail on every page; it is brought up to date once, nothing lost
     path = tmp_path / "results.db"
     store = Store(path)
-    run = store.add_run(agent="mock", budget_kind="time", budget_amount=10, seeds="[0]",
-                        device="cpu", dataset="x", dataset_sha256="x", experiments_planned=1,
-                        branch="run/1", baseline_commit="a", champion_commit="a")
-    e = store.add_experiment(run_id=run.id, kind="candidate", seq=1, title="x")
-    assert e.id is not None
-    store.add_measurement(e.id, Metrics(status=RunStatus.ok, seed=0, val_bpb=3.0))
+    run_id, exp_id = _one_measurement(store)
     store.close()
-    con = sqlite3.connect(path)
-    con.execute("ALTER TABLE measurement DROP COLUMN purpose")
-    con.execute("DROP TABLE guidance")
-    con.commit()
-    con.close()
+    _drop(path, "ALTER TABLE measurement DROP COLUMN purpose", "DROP TABLE guidance")
     reader = Store(path, read_only=True)
-    [m] = reader.measurements(e.id)
+    [m] = reader.measurements(exp_id)
     assert m.val_bpb == 3.0 and m.purpose is None
-    assert reader.guidance(run.id) == []  # type: ignore[arg-type]
+    assert reader.guidance(run_id) == []
     reader.close()
