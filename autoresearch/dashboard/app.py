@@ -29,6 +29,7 @@ from pygments.lexers import DiffLexer
 from starlette.exceptions import HTTPException
 
 from autoresearch import report
+from autoresearch.decide import stages
 from autoresearch.errors import StoreError
 from autoresearch.explain import compare
 from autoresearch.findings_render import REPORTS_DIR
@@ -191,8 +192,10 @@ def create_app(workspace: Path, db: Path) -> FastAPI:
     def in_flight(store: Store, r: Run, e: Experiment) -> dict[str, Any]:
         assert e.id is not None
         done = [m.seed for m in store.measurements(e.id, role=MeasurementRole.candidate)]
-        planned = r.seed_list if e.kind != "candidate" else (
-            r.seed_list[:1] if len(done) < 1 else r.seed_list)
+        # a candidate is measured stage by stage: the seeds of the stage it is in
+        target = next((m for m in stages(len(r.seed_list)) if m > len(done)),
+                      len(r.seed_list))
+        planned = r.seed_list if e.kind != "candidate" else r.seed_list[:target]
         pending = [s for s in planned if s not in done]
         phase = compare(e).short
         if e.status.value == "running" and pending:
