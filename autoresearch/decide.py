@@ -24,11 +24,11 @@ The stages cannot raise the false-keep rate: a keep needs the final test on *all
 pass, so P(keep) = P(every stage passes and the final test passes) <= P(final test passes)
 <= alpha, whatever the earlier stages did; they only cost power and save measurements.
 
-``noise_std`` is the run's noise (``pool_noise``): the baseline's seed-to-seed stdev pooled
-with the spread of every configuration the run measured on several seeds since (never below
-the baseline's own), so its degrees of freedom grow over a run. The floor keeps a lucky, tiny
-sample stdev of three differences from shrinking the threshold; the sample stdev keeps a
-candidate that makes runs noisier from hiding behind the run's noise.
+``noise_std`` is the noise of the champion's neighbourhood (``pool_noise``): the champion's own
+seed-to-seed stdev pooled with the spread of every configuration measured on several seeds
+against it since, so its degrees of freedom grow while a champion stands. The floor keeps a
+lucky, tiny sample stdev of three differences from shrinking the threshold; the sample stdev
+keeps a candidate that makes runs noisier from hiding behind the champion's noise.
 
 When ``noise_std`` is unknown (one baseline seed, 0, NaN or None) the rule falls back to a
 conservative guess of ``FALLBACK_REL_NOISE`` (1%) of the champion's mean value — about twice
@@ -52,7 +52,7 @@ FALLBACK_REL_NOISE = 0.01  # noise guess when unmeasured: 1% of the value (~2x t
 # the bars of the stages before the final test, in standard errors of the mean paired
 # difference (benchmarks/keep_rules.py: the measurements they save against the power they cost)
 SCREEN_Z = 0.3
-SECOND_Z = 0.8
+SECOND_Z = 1.0
 
 
 class Decision(BaseModel):
@@ -141,26 +141,23 @@ def stages(k: int) -> list[int]:
     return sorted({1, (k + 1) // 2, k})
 
 
-def pool_noise(baseline: Sequence[float], groups: Sequence[Sequence[float]] = ()
+def pool_noise(champion: Sequence[float], groups: Sequence[Sequence[float]] = ()
                ) -> tuple[float | None, int]:
-    """The run's noise: (stdev, degrees of freedom) pooled over the baseline's values and
-    ``groups`` (each the values of one configuration on different seeds, measured after the
-    baseline); None when nothing has two values.
+    """The noise of comparisons with a champion: (stdev, degrees of freedom) pooled over the
+    champion's own values on its seeds and ``groups`` (each the values of one configuration
+    on different seeds, measured against that champion); None when nothing has two values.
 
-    Pooled variance = sum((n_i - 1) s_i^2) / sum(n_i - 1). It is never below the baseline's
-    own stdev: a run whose candidates made their own runs unusually alike (code that ignores
-    its seed) cannot shrink the bar the next candidate must clear. A group's values must not
-    have been selected on their own level beyond what inflates their spread (the loop pools
-    the seeds measured after a screen, and champions re-measured alongside)."""
-    usable = [list(map(float, g)) for g in (list(baseline), *groups) if len(g) >= 2]
+    Pooled variance = sum((n_i - 1) s_i^2) / sum(n_i - 1). Each group's spread is a draw
+    independent of the difference a test is made on, so the t quantile with the pooled degrees
+    of freedom accounts for its uncertainty. A group's values must not have been selected on
+    their own spread (the loop leaves out the seed a screen selected)."""
+    usable = [list(map(float, g)) for g in (list(champion), *groups) if len(g) >= 2]
     usable = [g for g in usable if all(math.isfinite(v) for v in g)]
     if not usable:
         return None, 0
     df = sum(len(g) - 1 for g in usable)
     ss = sum((len(g) - 1) * statistics.variance(g) for g in usable)
-    pooled = math.sqrt(ss / df)
-    floor = statistics.stdev(baseline) if len(baseline) >= 2 else 0.0
-    return max(pooled, floor), df
+    return math.sqrt(ss / df), df
 
 
 @dataclass(frozen=True)

@@ -422,7 +422,7 @@ def run_report(settings: Settings, store: Store, ws: Workspace, reporter: Report
             measure(p, a, worker, reporter)
         finally:
             worker.close()
-    return build(store, ws, p, a.noise())
+    return build(store, ws, p, a.noise(run.champion_experiment_id or 0))
 
 
 def minimal(settings: Settings, store: Store, ws: Workspace, reporter: Reporter, run: Run,

@@ -563,6 +563,12 @@ class Store:
                  .where(Experiment.run_id == run_id).order_by(col(Measurement.id)))
             return [(ExperimentKind(k), int(i or 0), _detach(m)) for k, i, m in s.exec(q).all()]
 
+    def parents(self, run_id: int) -> dict[int, int | None]:
+        """Each experiment of a run -> the champion it was (last) measured against."""
+        with self._tx() as s:
+            q = select(Experiment.id, Experiment.parent_id).where(Experiment.run_id == run_id)
+            return {int(i or 0): p for i, p in s.exec(q).all()}
+
     def remeasured(self, run_id: int, champion_id: int, seeds: Sequence[int]
                    ) -> list[tuple[int, dict[int, tuple[float, float | None]]]]:
         """The champion ``champion_id`` as re-measured alongside candidates of the run, oldest

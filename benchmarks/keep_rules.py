@@ -20,7 +20,8 @@ champion's stored values. The plans:
   passes; noise from the baseline's seeds only.
 - ``new`` (``sequential-paired-t/v2``, decide.py): bars from the noise at one seed
   (``SCREEN_Z``) and at about half the seeds (``SECOND_Z``), the champion re-measured only for
-  the final test, noise pooled over the run (``decide.pool_noise``).
+  the final test, noise pooled over the champion's neighbourhood (``decide.pool_noise``: its
+  own values and every group measured against it; reset at each keep).
 - ``naive``: one seed, kept if lower than the champion's stored value at all.
 
 Prints, per budget kind and plan: measurements per candidate (candidate runs plus champion
@@ -92,7 +93,7 @@ class _Run:
     """One simulated run's state: the champion's true level and stored values, the noise."""
 
     seeds: list[int]
-    baseline: list[float]
+    baseline: list[float]  # the champion's own values (the baseline's, until a keep)
     level: float = 0.0
     stored: dict[int, float] = field(default_factory=dict)
     groups: list[list[float]] = field(default_factory=list)
@@ -137,8 +138,10 @@ def one_candidate(plan: Plan, run: _Run, effect: float, kind: Kind, sigma: float
     if len(values) >= 3:  # the seeds after the screen: spread not shrunk by selection
         run.groups.append([values[s] for s in seeds[1:] if s in values])
     kept = verdict is not None and verdict.verdict == "keep"
-    if kept:
+    if kept:  # the noise of the new champion's neighbourhood: its own values, then later groups
         run.level, run.stored = level, dict(values)
+        if plan.pooled:
+            run.baseline, run.groups = list(values.values()), []
         if plan.decider is naive_decide:  # a one-seed loop has one stored value per seed
             run.stored = {s: values.get(s, level + sigma * gen.standard_normal())
                           for s in seeds}

@@ -103,11 +103,12 @@ def test_mock_loop_records_every_outcome_and_moves_the_champion_only_on_keeps(ws
     assert device["measurements_per_candidate"] == pytest.approx(5 / 3, abs=0.01)
     code, out = invoke("--workspace", str(ws), "runs")
     assert code == 0 and "1.67 measurements per candidate" in out and "screen" in out
-    # the noise is pooled over the run: the keep's own seeds after its screen (1, 2) add a
-    # degree of freedom to the baseline's two, and the next candidate is judged with all three
+    # the noise is the champion's neighbourhood: the keep's own seeds after its screen (1, 2)
+    # add a degree of freedom to the baseline's two; the next candidate, judged against the
+    # new champion, is judged with that champion's own three seeds (two degrees of freedom)
     evidence = {r["id"]: json.loads(store.get_experiment(int(str(r["id"]))).decision or "{}")
                 .get("evidence", {}) for r in (kept, discarded)}  # type: ignore[union-attr]
-    assert evidence[kept["id"]]["noise_df"] == 3 and evidence[discarded["id"]]["noise_df"] == 3
+    assert evidence[kept["id"]]["noise_df"] == 3 and evidence[discarded["id"]]["noise_df"] == 2
     assert evidence[kept["id"]]["rule"] == "sequential-paired-t/v2"
 
     # the repair round trip consumed a second script entry inside the same experiment

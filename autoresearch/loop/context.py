@@ -61,7 +61,8 @@ def build(active: ActiveRun, files: dict[str, str]) -> Context:
                                        run.champion_experiment_id, active.ws.exp_dir,
                                        active.seeds)
     history = _with_numbers(active, history)
-    noise_std, noise_df = active.noise() if baseline is not None else (None, 0)
+    noise_std, noise_df = (active.noise(run.champion_experiment_id or 0) if baseline is not None
+                           else (None, 0))
     s = active.settings
     notes = store.latest_notes(run_id)
     return Context(

@@ -173,7 +173,9 @@ def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[in
     champion's values come from ("stored"; "re-measured alongside" for the final test under a
     time budget; or an earlier re-measurement, ``_reference``)."""
     a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
-    noise, df = a.noise()
+    parent = a.store.get_experiment(exp_id)
+    noise, df = a.noise(parent.parent_id if parent and parent.parent_id is not None
+                        else a.run.champion_experiment_id or 0)
     d = decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
                           min_delta=a.run.min_delta, seeds=a.seeds)
     if source == "re-measured alongside":
