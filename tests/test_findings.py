@@ -121,7 +121,7 @@ def test_the_ablation_tells_what_each_kept_change_carries(tmp_path: Path) -> Non
     # the markdown shows the same numbers the JSON carries, and the warnings
     code, md = invoke("--workspace", str(root), "report", "--seeds", "2", "--no-measure")
     assert code == 0 and "## The ablation" in md and "drift" in md
-    numbers = set(re.findall(r"[+-]?\d+\.\d{4}", md))
+    numbers = set(re.findall(r"[+-]?\d+\.\d{4}(?!\d)", md))  # the 4-decimal figures
     values = [x for v in _floats(d) for x in (v, -v)]  # the rule says "needs < -threshold"
     known = {f"{v:.4f}" for v in values} | {f"{v:+.4f}" for v in values}
     assert numbers and numbers <= known, numbers - known
