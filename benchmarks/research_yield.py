@@ -215,8 +215,18 @@ def run(args: argparse.Namespace, root: Path) -> int:
         say(f"{name}: champion val_bpb {cm:.4f} ± {cs:.4f}; drop {100 * (bm - cm) / bm:.1f}% "
             f"({bm - cm:+.4f} bpb); fresh-seed gain {(bm - cm) / hours:+.4f} bpb per "
             f"device-hour")
-        verdict = decide.decide(values[name], values["baseline"], noise_std=ours.noise_std,
-                                min_delta=0.0, seeds=fresh)
+        # the noise of these fresh measurements themselves (both configurations' spreads)
+        noise, df = decide.pool_noise(list(values["baseline"].values()),
+                                      [list(values[name].values())])
+        verdict = decide.decide(values[name], values["baseline"], noise_std=noise,
+                                noise_df=df, min_delta=0.0, seeds=fresh)
+        with_store = Store(ws / "results.db")
+        count = sum(v["measurements"] for v in
+                    report.device_time(with_store, r)["by_purpose"].values())
+        with_store.close()
+        say(f"{name}: {count} measurements; fresh-seed gain {100 * (bm - cm) / count:+.4f} bpb "
+            "per 100 measurements (device-seconds vary with the machine's load; the count "
+            "does not)")
         say(f"{name}: {len(kept)} changes kept: " + "; ".join(
             f"#{i} {t} ({d:+.4f})" if d is not None else f"#{i} {t}" for i, t, d in kept))
         holds = "reproduces" if verdict.verdict == "keep" else "does NOT reproduce"
@@ -228,6 +238,7 @@ def run(args: argparse.Namespace, root: Path) -> int:
         ours_rate = (bm - om) / (ours_seconds / 3600)
         naive_rate = (bm - nm) / (naive_seconds / 3600)
         say(f"gain per device-hour: ours {ours_rate:+.4f}, naive {naive_rate:+.4f} bpb "
+            f"(device-seconds: ours {ours_seconds:.0f}, naive {naive_seconds:.0f}) "
             f"(ours/naive {ours_rate / naive_rate:.2f})" if naive_rate else
             f"gain per device-hour: ours {ours_rate:+.4f}, naive {naive_rate:+.4f} bpb")
     return 0
