@@ -72,7 +72,7 @@ def experiment_dict(store: Store, e: Experiment, full: bool = False) -> dict[str
         "status": e.status.value, "val_bpb": e.val_bpb, "champion_bpb": e.champion_bpb,
         "delta": e.delta, "seconds": round(e.seconds, 2), "cost_usd": known,
         "calls_with_unknown_cost": unknown, "reason": e.reason, "commit": e.commit,
-        "replay_of": e.replay_of, "measurements_count": len(store.measurements(e.id)),
+        "replay_of": e.replay_of, "measurements_count": store.measurement_count(e.id),
         "unfenced": e.id in unfenced.unfenced_experiments(store, [e.id]),  # no sandbox
     }
     c = compare(e)  # the candidate beside the champion on the same seeds, in words

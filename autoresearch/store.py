@@ -611,6 +611,11 @@ class Store:
             row = s.exec(q).first()
             return None if row is None else _detach(row)
 
+    def measurement_count(self, exp_id: int) -> int:
+        with self._tx() as s:
+            q = select(func.count()).where(Measurement.experiment_id == exp_id)
+            return int(s.exec(q).one())
+
     def measurements(self, exp_id: int, role: MeasurementRole | None = None
                      ) -> list[Measurement]:
         """An experiment's measurements in order; ``role``: only those of that role."""

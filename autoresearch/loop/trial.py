@@ -133,7 +133,7 @@ def measure(a: ActiveRun, worker: Worker, cand: Candidate, *, screen: bool) -> O
                     "another machine speed than every measurement of the champion, so no "
                     "earlier stage could judge it"))
             champion, source = found
-        verdict = judge(a, cand.exp_id, values, champion, source=source)
+        verdict = judge(a, cand, values, champion, source=source)
         if n == k and timed and verdict.verdict == "keep":
             # one seed planned: it was a screen against stored values; confirm it alongside
             return _alongside(a, worker, cand, values, verdict, port=False)
@@ -166,16 +166,14 @@ def _reference(a: ActiveRun, cand: Candidate) -> tuple[dict[int, float], str] | 
     return None
 
 
-def judge(a: ActiveRun, exp_id: int, values: dict[int, float], champion: dict[int, float],
-          *, source: str = "stored") -> Decision:
+def judge(a: ActiveRun, cand: Candidate, values: dict[int, float],
+          champion: dict[int, float], *, source: str = "stored") -> Decision:
     """The keep rule on the candidate's values against the champion's (paired by seed), with
     the run's pooled noise; the experiment is ``measured`` meanwhile. ``source``: where the
     champion's values come from ("stored"; "re-measured alongside" for the final test under a
     time budget; or an earlier re-measurement, ``_reference``)."""
-    a.store.transition(exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
-    parent = a.store.get_experiment(exp_id)
-    noise, df = a.noise(parent.parent_id if parent and parent.parent_id is not None
-                        else a.run.champion_experiment_id or 0)
+    a.store.transition(cand.exp_id, ES.measured, val_bpb=statistics.fmean(values.values()))
+    noise, df = a.noise(cand.parent_id)
     d = decide_mod.decide(values, champion, noise_std=noise or 0.0, noise_df=df,
                           min_delta=a.run.min_delta, seeds=a.seeds)
     if source == "re-measured alongside":
@@ -226,7 +224,7 @@ def _alongside(a: ActiveRun, worker: Worker, cand: Candidate, values: dict[int, 
                 values.update(got)
     finally:
         a.ws.remove_worktree(exp_id, name="champion")
-    verdict = judge(a, exp_id, values, control, source="re-measured alongside")
+    verdict = judge(a, cand, values, control, source="re-measured alongside")
     verdict = alongside_evidence(verdict, stored)
     if note:
         verdict = verdict.model_copy(update={"reason": f"{verdict.reason}; {note}"})
